@@ -1,0 +1,28 @@
+"""sd-styles: Stable Diffusion style work on the Hugging Face stack.
+
+    import sd_styles as sds
+    model = sds.load_model("tiny")                       # or a hub id / local folder
+    recipe = sds.make_recipe(model, "a mouse in a top hat", seed=1, steps=20)
+    [result] = sds.render(model, [recipe])
+    result.image.save("mouse.png")
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# Public name -> defining module. Imported lazily so `sd-styles --help` and `import sd_styles` stay fast
+# and the command line can quiet library logging before diffusers / transformers load.
+_EXPORTS = {
+    "BadInput": "errors", "RuntimeFailure": "errors", "SdStylesError": "errors",
+    "DEFAULT_MODEL": "models", "StyleModel": "models", "load_model": "models",
+    "ConceptRef": "recipe", "Guidance": "recipe", "LossTerm": "recipe", "Recipe": "recipe",
+    "Result": "render", "make_recipe": "render", "render": "render",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'sd_styles' has no attribute {name!r}")

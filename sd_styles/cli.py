@@ -1,0 +1,73 @@
+"""`sd-styles` command line: stdout carries only written paths; exit 0 ok, 2 bad input, 1 runtime failure."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import traceback
+
+# Each sub-command lives in sd_styles/commands/<name>.py with `register(subparsers)`; its parser sets `func`.
+COMMANDS = ("generate", "info", "rerun")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sd-styles", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(f"sd_styles.commands.{name}").register(sub)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (hub warnings, weight-loading bars) would bury our one-line messages."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    import warnings
+    warnings.filterwarnings("ignore")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    if not debug:
+        _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    from .errors import SdStylesError  # after parsing: --help stays instant
+
+    try:
+        return int(args.func(args) or 0)
+    except SdStylesError as err:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"sd-styles: error: {err}\n".replace("\n", " ").rstrip() + "\n")
+        return err.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("sd-styles: interrupted\n")
+        return 130
+    except Exception as err:  # a runtime failure: a clear line, the traceback only with --debug
+        if debug:
+            traceback.print_exc()
+        else:
+            sys.stderr.write(f"sd-styles: failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                             " (run with --debug for the traceback)\n")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""`sd-styles generate PROMPT`: one image per --seed, optionally loss-guided."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..schedulers import SCHEDULERS
+from .common import add_model_options, finite_float, positive_int, print_paths, seed_int, size
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="render a prompt, one image per --seed")
+    p.add_argument("prompt")
+    add_model_options(p, default_model="CompVis/stable-diffusion-v1-4")
+    p.add_argument("--concept", action="append", default=[], metavar="SRC",
+                   help="textual-inversion concept: hub id, .bin/.pt/.safetensors/.png file, or folder (repeatable)")
+    p.add_argument("--token", help="trigger token for the one --concept given")
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--seed", type=seed_int, action="append", help="repeatable (default 0)")
+    p.add_argument("--steps", type=positive_int, default=50)
+    p.add_argument("--cfg", type=finite_float, default=7.5)
+    p.add_argument("--size", type=size, help="WxH, multiples of 8 (default: the model's native size)")
+    p.add_argument("--scheduler", default="lms", choices=list(SCHEDULERS))
+    p.add_argument("--loss", action="append", default=[], metavar="NAME[:SCALE]",
+                   help="built-in loss (blue, canny, ...) or module:function; repeatable, summed")
+    p.add_argument("--loss-every", type=positive_int, default=1, metavar="K", help="guide every K-th step")
+    p.add_argument("--loss-decoder", default="vae", metavar="vae|tiny|linear|PATH")
+    p.add_argument("--out", default="outputs", help="output folder (default outputs/)")
+    p.set_defaults(func=run)
+
+
+def guidance_from_args(args) -> "Guidance | None":
+    from ..decoders import check_decoder
+    from ..losses import parse_loss_spec, resolve_loss
+    from ..recipe import Guidance, check_guidance
+
+    if not args.loss:
+        return None
+    terms = tuple(parse_loss_spec(s) for s in args.loss)
+    for t in terms:
+        resolve_loss(t)  # unknown names fail now, before the model loads
+    return check_guidance(Guidance(losses=terms, every=args.loss_every, decoder=check_decoder(args.loss_decoder)))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..concepts import add_concepts
+    from ..errors import BadInput
+    from ..metadata import cell_filename, save_png
+    from ..models import load_model
+    from ..render import make_recipe, render
+
+    if args.token and len(args.concept) != 1:
+        raise BadInput("--token needs exactly one --concept")
+    guidance = guidance_from_args(args)  # validate everything cheap before loading weights
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    add_concepts(model, args.concept, token=args.token)
+    extra = {"width": args.size[0], "height": args.size[1]} if args.size else {}
+    recipes = [make_recipe(model, args.prompt, negative_prompt=args.negative, seed=seed, steps=args.steps,
+                           cfg=args.cfg, scheduler=args.scheduler, guidance=guidance, **extra)
+               for seed in (args.seed or [0])]
+    out = Path(args.out)
+    paths = []
+    for res in render(model, recipes):
+        paths.append(save_png(res.image, out / cell_filename(res.recipe), res.recipe, res.loss_history))
+    print_paths(paths)
+    return 0

@@ -1,0 +1,48 @@
+"""Loss guidance as a wrapper around the denoiser (the model function), not flags in the loop.
+
+Per guided step, as in the classic notebook: predict x0 from the noise prediction, decode it to
+pixels, take grad = d(scale * loss)/d(latents) with `torch.autograd.grad`, and move the latents
+against it (sigma schedulers: latents -= grad * sigma^2; alpha schedulers: the same move expressed
+in their latent scale, grad * (1 - alpha_bar)). The loop then steps the scheduler exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .recipe import Guidance
+from .sampling import Denoiser, guidance_step_size, predict_x0
+
+Loss = Callable[[torch.Tensor], torch.Tensor]          # (N, 3, H, W) in [0, 1] -> scalar
+Decoder = Callable[[torch.Tensor], torch.Tensor]       # raw latents (N, 4, h, w) -> (N, 3, H, W) in [0, 1]
+
+
+def cell_losses(images: torch.Tensor, terms: list[tuple[Loss, float]]) -> torch.Tensor:
+    """Weighted loss of each cell (B,), computed cell by cell so batching never mixes cells."""
+    per_cell = [sum(scale * loss(images[k:k + 1]) for loss, scale in terms) for k in range(images.shape[0])]
+    return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=images.device).reshape(()) for v in per_cell])
+
+
+def make_guided_denoiser(denoise: Denoiser, scheduler, guidance: Guidance, steps: int, decoder: Decoder,
+                         terms: list[tuple[Loss, float]], history: list[list[float]]) -> Denoiser:
+    """Wrap `denoise` so guided steps move the latents down the gradient of the summed losses.
+
+    `history[k]` receives cell k's weighted loss at every guided step (measured on the decoded x0).
+    """
+
+    def guided(latents, i, t):
+        latents, out = denoise(latents, i, t)
+        if not guidance.active(i, steps):
+            return latents, out
+        with torch.enable_grad():
+            x = latents.detach().requires_grad_(True)
+            x0 = predict_x0(scheduler, x, out.detach(), i, t)   # (B, 4, h, w), differentiable in x
+            values = cell_losses(decoder(x0), terms)            # (B,)
+            (grad,) = torch.autograd.grad(values.sum(), x)
+        for k, v in enumerate(values.detach().cpu().tolist()):
+            history[k].append(v)
+        return (x.detach() - grad * guidance_step_size(scheduler, i, t)).to(latents.dtype), out
+
+    return guided

@@ -1,0 +1,133 @@
+"""The recipe of one cell: everything that decides its pixels, as one frozen dataclass."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Callable
+
+from .errors import BadInput
+from .schedulers import DEFAULT_SCHEDULER, check_scheduler
+
+DECODERS = ("vae", "tiny", "linear")  # or a local AutoencoderTiny folder
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One creative loss and its weight; `fn` (API only) overrides the lookup of `name`."""
+
+    name: str                      # built-in loss name ("blue", "canny", ...) or "module:function"
+    scale: float = 100.0           # multiplies the loss before taking its gradient
+    fn: Callable | None = field(default=None, compare=False, repr=False)  # not serialised
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Loss guidance settings shared by the cells of a guided pass."""
+
+    losses: tuple[LossTerm, ...]   # summed
+    every: int = 1                 # guide every k-th step (k=1: every step)
+    start: float = 0.0             # first guided step, as a fraction of the schedule
+    end: float = 1.0               # guided steps stop before this fraction
+    decoder: str = "vae"           # vae | tiny | linear | path to an AutoencoderTiny folder
+
+    def active(self, i: int, steps: int) -> bool:
+        """Whether step i (0-based) of `steps` is guided."""
+        return i % self.every == 0 and self.start * steps <= i < self.end * steps
+
+    def label(self) -> str:
+        return "+".join(f"{t.name}:{t.scale:g}" for t in self.losses)
+
+
+@dataclass(frozen=True)
+class ConceptRef:
+    """A textual-inversion concept a recipe depends on."""
+
+    source: str                    # hub id, file or folder, as given
+    token: str                     # the trigger token used in prompts
+    sha256: str = ""               # of the embedding file, for provenance
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """(model, prompt, negative, concepts, seed, size, steps, cfg, scheduler, guidance) -> one image."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+    steps: int = 50
+    cfg: float = 7.5               # classifier-free guidance scale (<= 1 disables the unconditional pass)
+    scheduler: str = DEFAULT_SCHEDULER
+    model: str = "CompVis/stable-diffusion-v1-4"
+    model_revision: str | None = None
+    concepts: tuple[ConceptRef, ...] = ()
+    guidance: Guidance | None = None
+
+    def check(self) -> "Recipe":
+        """Fail fast with the bad value in the message (exit code 2 on the command line)."""
+        for name, v in (("width", self.width), ("height", self.height)):
+            if not isinstance(v, int) or v < 8 or v % 8:
+                raise BadInput(f"{name} must be a positive multiple of 8, got {v!r}")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+            raise BadInput(f"steps must be an integer from 1 to 1000, got {self.steps!r}")
+        if not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg) or self.cfg < 0:
+            raise BadInput(f"cfg must be a finite number >= 0, got {self.cfg!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise BadInput(f"seed must be an integer from 0 to 2**63-1, got {self.seed!r}")
+        check_scheduler(self.scheduler)
+        if self.guidance is not None:
+            check_guidance(self.guidance)
+        return self
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance is not None and any(t.scale != 0 for t in self.guidance.losses)
+
+    def batch_key(self) -> tuple:
+        """Cells with equal keys can share one batch (prompt, negative prompt and seed may differ)."""
+        return (self.width, self.height, self.steps, self.cfg, self.scheduler, self.model, self.guidance)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.guidance is not None:
+            for term in d["guidance"]["losses"]:
+                term.pop("fn", None)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Recipe":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["concepts"] = tuple(ConceptRef(**c) for c in d.get("concepts", ()))
+        g = d.get("guidance")
+        if g is not None:
+            terms = tuple(LossTerm(name=t["name"], scale=float(t["scale"])) for t in g["losses"])
+            d["guidance"] = Guidance(**{**g, "losses": terms})
+        return cls(**d)
+
+    def digest(self) -> str:
+        """Stable hash of everything that decides the pixels (used to recognise finished cells)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def with_seed(self, seed: int) -> "Recipe":
+        return replace(self, seed=seed)
+
+
+def check_guidance(g: Guidance) -> Guidance:
+    if not g.losses:
+        raise BadInput("guidance needs at least one loss")
+    for t in g.losses:
+        if not isinstance(t.scale, (int, float)) or not math.isfinite(t.scale):
+            raise BadInput(f"loss scale must be a finite number, got {t.scale!r} for {t.name!r}")
+    if not isinstance(g.every, int) or g.every < 1:
+        raise BadInput(f"loss every must be an integer >= 1, got {g.every!r}")
+    if not (0.0 <= g.start < g.end <= 1.0):
+        raise BadInput(f"loss start/end must satisfy 0 <= start < end <= 1, got {g.start!r}, {g.end!r}")
+    if not isinstance(g.decoder, str) or not g.decoder:
+        raise BadInput(f"loss decoder must be one of {', '.join(DECODERS)} or a folder, got {g.decoder!r}")
+    return g

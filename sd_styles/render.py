@@ -1,0 +1,83 @@
+"""Render recipes: group compatible cells into batches, run the loop, return images with their recipes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .decoders import make_decoder
+from .errors import BadInput
+from .guidance import make_guided_denoiser
+from .losses import resolve_loss
+from .models import StyleModel
+from .recipe import ConceptRef, Recipe
+from .sampling import StepCallback, decode, encode_prompts, initial_latents, make_denoiser, sample, to_pil, uses_cfg
+from .schedulers import make_scheduler
+
+
+@dataclass
+class Result:
+    """One rendered cell."""
+
+    image: Image.Image
+    recipe: Recipe
+    loss_history: list[float] = field(default_factory=list)  # weighted loss per guided step
+
+
+def make_recipe(model: StyleModel, prompt: str, **settings) -> Recipe:
+    """A recipe for `model`: native size by default, and the loaded concepts the prompts mention."""
+    width, height = model.native_size
+    settings.setdefault("width", width)
+    settings.setdefault("height", height)
+    text = prompt + " " + settings.get("negative_prompt", "")
+    refs = tuple(ConceptRef(c.source, c.token, c.sha256) for tok, c in model.concepts.items() if tok in text)
+    settings.setdefault("concepts", refs)
+    return Recipe(prompt=prompt, model=model.source, model_revision=model.revision, **settings).check()
+
+
+def render(model: StyleModel, recipes: Sequence[Recipe], *, batch_size: int = 8,
+           callback: StepCallback | None = None, progress: bool = True) -> list[Result]:
+    """Render every recipe; cells sharing settings run as one batch (same pixels as one by one)."""
+    if batch_size < 1:
+        raise BadInput(f"batch_size must be >= 1, got {batch_size}")
+    for r in recipes:
+        r.check()
+    groups: dict[tuple, list[int]] = {}
+    for idx, r in enumerate(recipes):
+        key = r.batch_key() if r.guided else replace(r, guidance=None).batch_key()
+        groups.setdefault(key, []).append(idx)
+    results: list[Result | None] = [None] * len(recipes)
+    n = len(recipes)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            desc = f"cells {', '.join(str(i + 1) for i in chunk)} of {n}"
+            for idx, res in zip(chunk, render_batch(model, [recipes[i] for i in chunk], callback, progress, desc)):
+                results[idx] = res
+    return results  # type: ignore[return-value]
+
+
+def render_batch(model: StyleModel, cells: list[Recipe], callback: StepCallback | None = None,
+                 progress: bool = True, desc: str = "denoising") -> list[Result]:
+    """Render cells that share size, steps, cfg, scheduler and guidance as one batch."""
+    first = cells[0]
+    pipe, device = model.pipe, model.device
+    scheduler = make_scheduler(first.scheduler, pipe.scheduler.config)
+    scheduler.set_timesteps(first.steps, device=device)
+    do_cfg = uses_cfg(pipe, first.cfg)
+    embeds = encode_prompts(pipe, [c.prompt for c in cells], [c.negative_prompt for c in cells], do_cfg, device)
+    generators = [torch.Generator("cpu").manual_seed(c.seed) for c in cells]
+    latents = initial_latents(pipe, scheduler, generators, first.width, first.height, embeds.dtype, device)
+    denoise = make_denoiser(pipe.unet, scheduler, embeds, first.cfg, do_cfg)
+    history: list[list[float]] = [[] for _ in cells]
+    if first.guided:
+        g = first.guidance
+        terms = [(resolve_loss(t), float(t.scale)) for t in g.losses]
+        denoise = make_guided_denoiser(denoise, scheduler, g, first.steps, make_decoder(model, g.decoder), terms, history)
+    with torch.no_grad():
+        latents = sample(denoise, scheduler, latents, generators, callback=callback, desc=desc, progress=progress)
+        images = decode(pipe.vae, latents)
+    return [Result(img, cell, hist) for img, cell, hist in zip(to_pil(images), cells, history)]

@@ -1,0 +1,30 @@
+"""Re-render a recipe from scratch: load its model and concepts, render one cell."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from .concepts import add_concept
+from .losses import resolve_loss
+from .models import StyleModel, load_model
+from .recipe import Recipe
+from .render import Result, render
+
+log = logging.getLogger(__name__)
+
+
+def rerun(recipe: Recipe, *, model: str | StyleModel | None = None, device: str = "auto",
+          dtype: str = "auto") -> Result:
+    """Render `recipe` again. `model` overrides the recorded model (a source string or a loaded model)."""
+    if recipe.guidance is not None:
+        for term in recipe.guidance.losses:
+            resolve_loss(term)  # an unimportable user loss fails before any weights load
+    if not isinstance(model, StyleModel):
+        model = load_model(model or recipe.model, device=device, dtype=dtype, revision=None)
+    for ref in recipe.concepts:
+        loaded = add_concept(model, ref.source, token=ref.token)
+        if ref.sha256 and loaded.sha256 and loaded.sha256 != ref.sha256:
+            log.warning("concept %s changed since the image was made (sha256 %s != %s)",
+                        ref.source, loaded.sha256[:12], ref.sha256[:12])
+    return render(model, [replace(recipe, model=model.source)])[0]

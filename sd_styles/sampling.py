@@ -1,0 +1,130 @@
+"""The hand-written denoising loop: prompt encoding, seeded noise, scheduler steps, VAE decode.
+
+With no loss it reproduces diffusers' `StableDiffusionPipeline` step for step. A *denoiser* is the
+model function `(latents, i, t) -> (latents, model_output)`: the plain one runs the UNet with
+classifier-free guidance; wrappers (see `guidance.py`) may move the latents before the scheduler
+steps. The scheduler steps exactly once per step, here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .schedulers import is_sigma_space
+
+Denoiser = Callable[[torch.Tensor, int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+StepCallback = Callable[[dict], None]
+
+
+def encode_prompts(pipe, prompts: list[str], negatives: list[str], do_cfg: bool, device) -> torch.Tensor:
+    """Text embeddings (2B, 77, d) as [negatives; prompts] with CFG, else (B, 77, d)."""
+    texts = (negatives + prompts) if do_cfg else prompts
+    texts = pipe.maybe_convert_prompt(texts, pipe.tokenizer)  # multi-vector concepts: "<t>" -> "<t> <t>_1 ..."
+    ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    te = pipe.text_encoder
+    mask = ids.attention_mask.to(device) if getattr(te.config, "use_attention_mask", False) else None
+    with torch.no_grad():
+        embeds = te(ids.input_ids.to(device), attention_mask=mask)[0]
+    return embeds.to(dtype=te.dtype, device=device)
+
+
+def initial_latents(pipe, scheduler, generators: list[torch.Generator], width: int, height: int,
+                    dtype: torch.dtype, device) -> torch.Tensor:
+    """Seeded noise (B, 4, h, w), drawn per cell from its own CPU generator, scaled for the scheduler."""
+    f = pipe.vae_scale_factor
+    shape = (len(generators), pipe.unet.config.in_channels, height // f, width // f)
+    return randn_tensor(shape, generator=generators, device=torch.device(device), dtype=dtype) * scheduler.init_noise_sigma
+
+
+def uses_cfg(pipe, cfg: float) -> bool:
+    """Classifier-free guidance runs when cfg > 1 (as diffusers decides it)."""
+    return cfg > 1 and pipe.unet.config.time_cond_proj_dim is None
+
+
+def make_denoiser(unet, scheduler, embeds: torch.Tensor, cfg: float, do_cfg: bool) -> Denoiser:
+    """eps = eps_u + cfg * (eps_c - eps_u), the UNet under no-grad."""
+
+    def denoise(latents, i, t):
+        x_in = torch.cat([latents] * 2) if do_cfg else latents  # (2B, 4, h, w)
+        x_in = scheduler.scale_model_input(x_in, t)
+        with torch.no_grad():
+            out = unet(x_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        if do_cfg:
+            uncond, cond = out.chunk(2)
+            out = uncond + cfg * (cond - uncond)
+        return latents, out
+
+    return denoise
+
+
+def noise_level(scheduler, i: int, t: torch.Tensor) -> float:
+    """sigma = sqrt((1 - alpha_bar) / alpha_bar) of step i, for any scheduler."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None:
+        return float(sigmas[i])
+    abar = float(scheduler.alphas_cumprod[int(t)])
+    return ((1 - abar) / abar) ** 0.5
+
+
+def predict_x0(scheduler, latents: torch.Tensor, out: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
+    """x0 from the model output: sigma space x0 = x - sigma * eps; alpha space x0 = (x - s * eps) / a."""
+    sigma = noise_level(scheduler, i, t)
+    a = (1 + sigma**2) ** -0.5           # sqrt(alpha_bar)
+    s = sigma * a                        # sqrt(1 - alpha_bar)
+    x = latents * a if is_sigma_space(scheduler) else latents  # the variance-preserving latent the UNet sees
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (x - s * out) / a
+    if kind == "v_prediction":
+        return a * x - s * out
+    return out  # "sample"
+
+
+def guidance_step_size(scheduler, i: int, t: torch.Tensor) -> float:
+    """How far latents move per unit of loss gradient: sigma^2 in sigma space, (1 - alpha_bar) in alpha space."""
+    sigma = noise_level(scheduler, i, t)
+    return sigma**2 if is_sigma_space(scheduler) else sigma**2 / (1 + sigma**2)
+
+
+def step_kwargs(scheduler, generators: list[torch.Generator]) -> dict:
+    """eta=0 for DDIM, the per-cell generators for stochastic samplers (as the pipeline passes them)."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    kw = {}
+    if "eta" in params:
+        kw["eta"] = 0.0
+    if "generator" in params:
+        kw["generator"] = generators
+    return kw
+
+
+def sample(denoise: Denoiser, scheduler, latents: torch.Tensor, generators: list[torch.Generator], *,
+           callback: StepCallback | None = None, desc: str = "denoising", progress: bool = True) -> torch.Tensor:
+    """Run the schedule: denoise, then one scheduler step per timestep."""
+    kw = step_kwargs(scheduler, generators)
+    for i, t in enumerate(tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False)):
+        latents, out = denoise(latents, i, t)
+        x0 = predict_x0(scheduler, latents, out, i, t) if callback is not None else None
+        latents = scheduler.step(out, t, latents, **kw, return_dict=False)[0]
+        if callback is not None:
+            callback({"i": i, "t": t, "latents": latents, "x0": x0})
+    return latents
+
+
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Raw latents -> images (B, 3, H, W) in [0, 1]."""
+    z = latents.to(vae.dtype) / vae.config.scaling_factor
+    return (vae.decode(z, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """[0, 1] images -> 8-bit PIL images, rounded as diffusers' VaeImageProcessor does."""
+    arr = images.detach().cpu().permute(0, 2, 3, 1).float().numpy()
+    return [Image.fromarray(a) for a in (arr * 255).round().astype(np.uint8)]

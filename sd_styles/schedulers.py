@@ -1,0 +1,47 @@
+"""Scheduler names of the command line -> diffusers schedulers configured from the model's own config."""
+
+from __future__ import annotations
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from .errors import BadInput
+
+# name -> (class, config overrides). lms is the default of the classic notebooks.
+SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
+    "lms": (LMSDiscreteScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler-a": (EulerAncestralDiscreteScheduler, {}),
+    "dpm++2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpm++2m-karras": (DPMSolverMultistepScheduler,
+                       {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+}
+DEFAULT_SCHEDULER = "lms"
+
+# Schedulers whose latents live in sigma space (x = x0 + sigma * eps, input scaled by 1/sqrt(sigma^2+1)).
+_SIGMA_SPACE = (LMSDiscreteScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)
+
+
+def check_scheduler(name: str) -> str:
+    if name not in SCHEDULERS:
+        raise BadInput(f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}")
+    return name
+
+
+def make_scheduler(name: str, base_config) -> SchedulerMixin:
+    """A fresh (stateful) scheduler for one batch, from the model's scheduler config."""
+    cls, overrides = SCHEDULERS[check_scheduler(name)]
+    return cls.from_config(base_config, **overrides)
+
+
+def is_sigma_space(scheduler: SchedulerMixin) -> bool:
+    return isinstance(scheduler, _SIGMA_SPACE)
