@@ -65,9 +65,3 @@ def tiny_sd2_dir(tmp_path_factory, shared_fixtures) -> Path:
     """Tiny random UNet/VAE with the real SD 2.1 CLIP tokenizer and a 1024-wide text encoder."""
     return _real_tokenizer_model(tmp_path_factory, shared_fixtures, "stable-diffusion-2-1-base", 1024)
 
-
-def pixel_diff(a, b) -> int:
-    """Largest per-channel difference between two PIL images, in 1/255 units."""
-    import numpy as np
-
-    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
