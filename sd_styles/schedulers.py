@@ -14,14 +14,16 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .errors import BadInput
 
-# name -> (class, config overrides). lms is the default of the classic notebooks.
+# name -> (class, config overrides). lms is the default of the classic notebooks. The sigma spacing is
+# pinned so a name means the same sampler whatever extras a model's scheduler config carries.
+_PLAIN_SIGMAS = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
 SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
-    "lms": (LMSDiscreteScheduler, {}),
+    "lms": (LMSDiscreteScheduler, _PLAIN_SIGMAS),
     "ddim": (DDIMScheduler, {}),
     "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
-    "euler": (EulerDiscreteScheduler, {}),
+    "euler": (EulerDiscreteScheduler, _PLAIN_SIGMAS),
     "euler-a": (EulerAncestralDiscreteScheduler, {}),
-    "dpm++2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpm++2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, **_PLAIN_SIGMAS}),
     "dpm++2m-karras": (DPMSolverMultistepScheduler,
                        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
 }

@@ -68,11 +68,13 @@ def tiny_components(tokenizer: CLIPTokenizer, hidden_size: int = 32, seed: int =
             layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=5, vocab_size=len(tokenizer),
             max_position_embeddings=77, projection_dim=hidden_size,
         ))
-    # SD 1.x's own scheduler config (CompVis/stable-diffusion-v1-4, scheduler/scheduler_config.json)
-    scheduler = PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1,
-    )
+    # SD 1.x's own scheduler config (CompVis/stable-diffusion-v1-4, scheduler/scheduler_config.json);
+    # from_config keeps `clip_sample: false`, which DDIM inherits when it is configured from this one.
+    scheduler = PNDMScheduler.from_config({
+        "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+        "skip_prk_steps": True, "set_alpha_to_one": False, "steps_offset": 1, "trained_betas": None,
+        "clip_sample": False,
+    })
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
             "scheduler": scheduler, "safety_checker": None, "feature_extractor": None}
 
