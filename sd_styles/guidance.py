@@ -4,6 +4,7 @@ Per guided step, as in the classic notebook: predict x0 from the noise predictio
 pixels, take grad = d(scale * loss)/d(latents) with `torch.autograd.grad`, and move the latents
 against it (sigma schedulers: latents -= grad * sigma^2; alpha schedulers: the same move expressed
 in their latent scale, grad * (1 - alpha_bar)). The loop then steps the scheduler exactly once.
+Only the decoder (and the loss) is differentiated: the UNet output is a constant here.
 """
 
 from __future__ import annotations
@@ -20,9 +21,23 @@ Decoder = Callable[[torch.Tensor], torch.Tensor]       # raw latents (N, 4, h, w
 
 
 def cell_losses(images: torch.Tensor, terms: list[tuple[Loss, float]]) -> torch.Tensor:
-    """Weighted loss of each cell (B,), computed cell by cell so batching never mixes cells."""
+    """Weighted loss of each cell (B,), sum_j scale_j * loss_j(x_k), computed cell by cell so batching never mixes cells."""
     per_cell = [sum(scale * loss(images[k:k + 1]) for loss, scale in terms) for k in range(images.shape[0])]
     return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=images.device).reshape(()) for v in per_cell])
+
+
+def loss_gradient(scheduler, latents: torch.Tensor, out: torch.Tensor, i: int, t: torch.Tensor, decoder: Decoder,
+                  terms: list[tuple[Loss, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d sum_k L_k / d latents, L_k per cell) with L_k = sum_j scale_j * loss_j(decode(x0(latents))).
+
+    Computed in fp32 from an fp32 leaf: fp16 gradients of small losses underflow.
+    """
+    with torch.enable_grad():
+        x = latents.detach().float().requires_grad_(True)
+        x0 = predict_x0(scheduler, x, out.detach().float(), i, t)   # (B, 4, h, w), differentiable in x
+        values = cell_losses(decoder(x0), terms)                     # (B,)
+        (grad,) = torch.autograd.grad(values.sum(), x)
+    return grad, values.detach()
 
 
 def make_guided_denoiser(denoise: Denoiser, scheduler, guidance: Guidance, steps: int, decoder: Decoder,
@@ -30,19 +45,18 @@ def make_guided_denoiser(denoise: Denoiser, scheduler, guidance: Guidance, steps
     """Wrap `denoise` so guided steps move the latents down the gradient of the summed losses.
 
     `history[k]` receives cell k's weighted loss at every guided step (measured on the decoded x0).
+    Terms with scale 0 are dropped: they cannot move the latents.
     """
+    terms = [(loss, float(scale)) for loss, scale in terms if scale != 0]
 
     def guided(latents, i, t):
         latents, out = denoise(latents, i, t)
-        if not guidance.active(i, steps):
+        if not terms or not guidance.active(i, steps):
             return latents, out
-        with torch.enable_grad():
-            x = latents.detach().requires_grad_(True)
-            x0 = predict_x0(scheduler, x, out.detach(), i, t)   # (B, 4, h, w), differentiable in x
-            values = cell_losses(decoder(x0), terms)            # (B,)
-            (grad,) = torch.autograd.grad(values.sum(), x)
-        for k, v in enumerate(values.detach().cpu().tolist()):
+        grad, values = loss_gradient(scheduler, latents, out, i, t, decoder, terms)
+        for k, v in enumerate(values.cpu().tolist()):
             history[k].append(v)
-        return (x.detach() - grad * guidance_step_size(scheduler, i, t)).to(latents.dtype), out
+        moved = latents.float() - grad * guidance_step_size(scheduler, i, t)
+        return moved.to(latents.dtype), out
 
     return guided

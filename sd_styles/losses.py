@@ -1,39 +1,300 @@
-"""Built-in creative losses: small functions on (N, 3, H, W) images in [0, 1] returning a scalar."""
+"""Creative losses: small functions `loss(images) -> scalar` on (N, 3, H, W) images in [0, 1].
+
+Each built-in has a default scale tuned for the full VAE at the model's native size (the classic blue
+loss used 200). Names on the command line and in experiment files: `NAME`, `NAME=ARG` for the
+parameterised ones (`color=#ff8800`, `canny=ref.png`, `clip=a watercolor painting`), or an importable
+`module:function`; a negative scale pushes the other way (`saturation:-200` desaturates).
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image, ImageColor
 
 from .errors import BadInput
 from .recipe import LossTerm
 
 Loss = Callable[[torch.Tensor], torch.Tensor]
 
+DEFAULT_SCALE = 100.0                       # user losses (module:function) without an explicit scale
+DEFAULT_COLOR = (0.15, 0.55, 0.55)          # `color` alone: a teal cast, far from blue and warm
+SEPIA_TINT = (1.25, 0.95, 0.60)             # Rec.601 luminance of the tint is 1.0: sepia keeps brightness
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+_LUMA = (0.299, 0.587, 0.114)               # Rec.601 weights
+
+
+def _rgb(values, like: torch.Tensor) -> torch.Tensor:
+    """A (1, 3, 1, 1) constant on the images' device and dtype, for broadcasting."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
+
+
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """Y = 0.299 R + 0.587 G + 0.114 B, shape (N, 1, H, W)."""
+    return (images * _rgb(_LUMA, images)).sum(1, keepdim=True)
+
 
 def blue_loss(images: torch.Tensor) -> torch.Tensor:
-    """The classic reference: mean |blue - 0.9|, pulling the blue channel toward 0.9."""
+    """The classic: mean |B - 0.9|, pulling the blue channel toward 0.9."""
     return (images[:, 2] - 0.9).abs().mean()
 
 
-BUILTIN_LOSSES: dict[str, Loss] = {
-    "blue": blue_loss,
+def color_loss(rgb: tuple[float, float, float] | str = DEFAULT_COLOR) -> Loss:
+    """Factory: mean |x - rgb| over all pixels and channels; rgb in [0, 1] or a CSS colour ("#ff8800", "orange")."""
+    target = parse_color(rgb) if isinstance(rgb, str) else tuple(float(v) for v in rgb)
+    if len(target) != 3 or not all(0.0 <= v <= 1.0 for v in target):
+        raise BadInput(f"color loss: expected three values in [0, 1], got {rgb!r}")
+
+    def color(images: torch.Tensor) -> torch.Tensor:
+        """mean |x - target colour|."""
+        return (images - _rgb(target, images)).abs().mean()
+
+    return color
+
+
+def parse_color(text: str) -> tuple[float, float, float]:
+    """CSS colour ("#ff8800", "orange", "rgb(255,136,0)") or "r,g,b" in [0, 1] -> floats in [0, 1]."""
+    try:
+        if "," in text and not text.strip().lower().startswith(("rgb", "hsl", "hsv")):
+            values = tuple(float(v) for v in text.split(","))
+            if len(values) == 3:
+                return values  # type: ignore[return-value]
+            raise ValueError(text)
+        return tuple(v / 255 for v in ImageColor.getrgb(text.strip())[:3])  # type: ignore[return-value]
+    except ValueError:
+        raise BadInput(f"color loss: cannot read colour {text!r}; use #rrggbb, a CSS name, or r,g,b in [0, 1]") from None
+
+
+def warm_loss(images: torch.Tensor) -> torch.Tensor:
+    """Warm white balance: mean |(R - B) - 0.25|, red a quarter above blue in every pixel."""
+    return ((images[:, 0] - images[:, 2]) - 0.25).abs().mean()
+
+
+def sepia_loss(images: torch.Tensor) -> torch.Tensor:
+    """Sepia toning: mean |x - min(Y * tint, 1)|, colours toward the tinted grey of the same luminance."""
+    target = (luminance(images) * _rgb(SEPIA_TINT, images)).clamp(max=1.0)
+    return (images - target).abs().mean()
+
+
+def saturation_loss(images: torch.Tensor) -> torch.Tensor:
+    """More colour: 1 - mean chroma, chroma = max(R, G, B) - min(R, G, B) (HSV's C)."""
+    return 1.0 - (images.amax(1) - images.amin(1)).mean()
+
+
+def contrast_loss(images: torch.Tensor) -> torch.Tensor:
+    """More contrast: 0.5 - std(Y) per image (0.5 is the largest std of values in [0, 1]), averaged."""
+    return (0.5 - luminance(images).flatten(1).std(dim=1)).mean()
+
+
+def symmetry_loss(images: torch.Tensor) -> torch.Tensor:
+    """Left-right mirror symmetry: mean |x - flip_W(x)|."""
+    return (images - images.flip(-1)).abs().mean()
+
+
+def soft_edges(images: torch.Tensor, low: float = 0.1, high: float = 0.2, width: float = 0.03) -> torch.Tensor:
+    """Differentiable Canny: Gaussian blur, Sobel magnitude, sigmoid double threshold with soft hysteresis.
+
+    A weak edge (sigmoid((m - low) / width)) counts where a strong one (threshold `high`) is within
+    one pixel (3x3 max-pool), as Canny's hysteresis does; no binary map, so gradients flow everywhere.
+    Returns (N, 1, H, W) in [0, 1]; magnitudes are normalised so a unit step edge gives m = 1.
+    """
+    gray = luminance(images)
+    blur = torch.tensor([1.0, 2.0, 1.0], dtype=gray.dtype, device=gray.device)
+    blur = (blur[:, None] * blur[None, :] / 16).view(1, 1, 3, 3)
+    gray = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), blur)
+    sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=gray.dtype, device=gray.device) / 4
+    kernels = torch.stack([sobel_x, sobel_x.t()]).unsqueeze(1)         # (2, 1, 3, 3): d/dx, d/dy
+    g = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kernels)
+    magnitude = (g.square().sum(1, keepdim=True) + 1e-8).sqrt()         # eps: sqrt is not differentiable at 0
+    strong = torch.sigmoid((magnitude - high) / width)
+    weak = torch.sigmoid((magnitude - low) / width)
+    near_strong = F.max_pool2d(strong, 3, stride=1, padding=1)
+    return strong + (1 - strong) * weak * near_strong
+
+
+def canny_edges_loss(images: torch.Tensor) -> torch.Tensor:
+    """Bold line-art edges: 1 - mean soft Canny edge map."""
+    return 1.0 - soft_edges(images).mean()
+
+
+def canny_loss(reference: Image.Image | torch.Tensor | str | Path | None = None) -> Loss:
+    """Factory: no reference -> `canny_edges_loss`; else mean |edges(x) - edges(reference)|.
+
+    The reference (PIL image, file path, or (3, H, W) / (1, 3, H, W) tensor in [0, 1]) is resized
+    to the images' size; its edge map is computed once per size.
+    """
+    if reference is None:
+        return canny_edges_loss
+    ref = _image_tensor(reference)
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def canny(images: torch.Tensor) -> torch.Tensor:
+        """mean |soft_edges(x) - soft_edges(reference)|."""
+        key = (tuple(images.shape[-2:]), images.device, images.dtype)
+        if key not in cache:
+            r = F.interpolate(ref.to(images.device, images.dtype), size=key[0], mode="bilinear", antialias=True)
+            cache[key] = soft_edges(r).detach()
+        return (soft_edges(images) - cache[key]).abs().mean()
+
+    return canny
+
+
+def _image_tensor(source: Image.Image | torch.Tensor | str | Path) -> torch.Tensor:
+    """A reference image as a (1, 3, H, W) float tensor in [0, 1]."""
+    if isinstance(source, torch.Tensor):
+        t = source.detach().float()
+        return (t if t.ndim == 4 else t.unsqueeze(0))[:, :3]
+    if isinstance(source, (str, Path)):
+        try:
+            source = Image.open(source)
+            source.load()
+        except (OSError, ValueError) as err:
+            raise BadInput(f"canny loss: cannot read reference image {str(source)!r} ({err})") from None
+    arr = np.asarray(source.convert("RGB"), dtype=np.float32) / 255
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
+
+
+def clip_loss(prompt: str, model_id: str = DEFAULT_CLIP) -> Loss:
+    """Factory: spherical distance 2 arcsin(|u - v| / 2)^2 between CLIP image and text embeddings.
+
+    `model_id` is a hub id or a local folder holding a `CLIPModel` and its `CLIPProcessor`.
+    Preprocessing is done in torch (resize the short side, centre crop, normalise) so it is differentiable.
+    """
+    from transformers import CLIPModel, CLIPProcessor
+
+    if not prompt.strip():
+        raise BadInput("clip loss: the text is empty; use clip=TEXT")
+    local = Path(model_id).expanduser()
+    if (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1) and not local.is_dir():
+        raise BadInput(f"clip loss: no such folder {model_id!r}; give a hub id (org/name) or a local CLIPModel folder")
+    try:
+        model = CLIPModel.from_pretrained(model_id).eval().requires_grad_(False)
+        processor = CLIPProcessor.from_pretrained(model_id)
+    except (OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise BadInput(f"clip loss: cannot load CLIP model {model_id!r} ({first}); it is not cached and the hub "
+                       "may be unreachable: pass a local folder, clip_loss(prompt, model_id=PATH)") from err
+    ip = processor.image_processor
+    side = _crop_side(getattr(ip, "crop_size", None) or ip.size)
+    tokens = processor.tokenizer([prompt], padding="max_length", truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        text = _unit(_features(model.get_text_features(input_ids=tokens.input_ids)))
+
+    def clip(images: torch.Tensor) -> torch.Tensor:
+        """2 arcsin(|u_image - u_text| / 2)^2, averaged over images."""
+        if model.device != images.device:
+            model.to(images.device)
+        pixels = _clip_pixels(images.float(), side, ip.image_mean, ip.image_std)
+        u = _unit(_features(model.get_image_features(pixel_values=pixels.to(model.dtype)))).float()
+        v = text.to(u.device, u.dtype)
+        return (2 * ((u - v).norm(dim=-1) / 2).clamp(max=1).arcsin().square()).mean()
+
+    return clip
+
+
+def _crop_side(crop: Any) -> tuple[int, int]:
+    # transformers 5.x: a SizeDict with attributes; 4.x: a plain dict; very old configs: an int
+    if isinstance(crop, int):
+        return crop, crop
+    get = crop.get if hasattr(crop, "get") else (lambda k: getattr(crop, k, None))
+    h, w = get("height"), get("width")
+    edge = get("shortest_edge")
+    return (int(h), int(w)) if h and w else (int(edge), int(edge))
+
+
+def _features(out: Any) -> torch.Tensor:
+    # transformers < 5 returns the projected features; 5.x returns an output whose pooler_output holds them
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def _clip_pixels(images: torch.Tensor, side: tuple[int, int], mean, std) -> torch.Tensor:
+    """CLIPImageProcessor's resize-short-side + centre-crop + normalise, as differentiable torch ops."""
+    h, w = images.shape[-2:]
+    s = max(side[0] / h, side[1] / w)
+    size = (max(side[0], round(h * s)), max(side[1], round(w * s)))
+    x = F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
+    top, left = (size[0] - side[0]) // 2, (size[1] - side[1]) // 2
+    x = x[..., top:top + side[0], left:left + side[1]]
+    return (x - _rgb(mean, x)) / _rgb(std, x)
+
+
+@dataclass(frozen=True)
+class BuiltinLoss:
+    """A registry entry: the loss without argument (if any), the `NAME=ARG` factory (if any), the default scale."""
+
+    fn: Loss | None
+    factory: Callable[[str], Loss] | None
+    default_scale: float
+    arg: str = ""                  # what ARG is, for messages
+
+
+# name -> entry. Default scales: per-pixel gradients comparable to blue at 200 (means over 3 channels get more).
+BUILTIN_LOSSES: dict[str, BuiltinLoss] = {
+    "blue": BuiltinLoss(blue_loss, None, 200.0),
+    "color": BuiltinLoss(color_loss(DEFAULT_COLOR), color_loss, 400.0, "#rrggbb, a CSS colour name or r,g,b"),
+    "warm": BuiltinLoss(warm_loss, None, 200.0),
+    "sepia": BuiltinLoss(sepia_loss, None, 400.0),
+    "saturation": BuiltinLoss(saturation_loss, None, 200.0),
+    "contrast": BuiltinLoss(contrast_loss, None, 200.0),
+    "canny": BuiltinLoss(canny_edges_loss, canny_loss, 100.0, "a reference image file"),
+    "symmetry": BuiltinLoss(symmetry_loss, None, 300.0),
+    "clip": BuiltinLoss(None, clip_loss, 100.0, "the text to steer toward"),
 }
 
 
+def _builtin(name: str) -> tuple[BuiltinLoss | None, str | None]:
+    """('color=#f80') -> (entry for color, '#f80'); (None, None) when NAME is not a built-in."""
+    base, sep, arg = name.partition("=")
+    entry = BUILTIN_LOSSES.get(base.strip())
+    return entry, (arg if sep else None)
+
+
+def check_loss(term: LossTerm) -> LossTerm:
+    """Validate a term cheaply (no model weights load): known name, argument where needed, importable function."""
+    if term.fn is not None:
+        return term
+    entry, arg = _builtin(term.name)
+    if entry is None:
+        resolve_loss(term)                                  # module:function: importing is cheap
+    elif arg is None and entry.fn is None:
+        raise BadInput(f"loss {term.name!r} needs an argument: {term.name}=ARG with ARG {entry.arg}")
+    elif arg is not None and entry.factory is None:
+        raise BadInput(f"loss {term.name.partition('=')[0]!r} takes no argument, got {term.name!r}")
+    elif arg is not None and entry.factory is not clip_loss:
+        entry.factory(arg)                                  # colours and reference images are cheap to check
+    elif arg is not None and not arg.strip():
+        raise BadInput(f"loss {term.name!r}: empty argument; expected {entry.arg}")
+    return term
+
+
 def resolve_loss(term: LossTerm) -> Loss:
-    """The callable behind a loss term: its own `fn`, a built-in name, or an importable module:function."""
+    """The callable behind a loss term: its own `fn`, a built-in (`NAME` or `NAME=ARG`), or module:function."""
     if term.fn is not None:
         return term.fn
-    if term.name in BUILTIN_LOSSES:
-        return BUILTIN_LOSSES[term.name]
+    entry, arg = _builtin(term.name)
+    if entry is not None:
+        if arg is None:
+            if entry.fn is None:
+                raise BadInput(f"loss {term.name!r} needs an argument: {term.name}=ARG with ARG {entry.arg}")
+            return entry.fn
+        if entry.factory is None:
+            raise BadInput(f"loss {term.name.partition('=')[0]!r} takes no argument, got {term.name!r}")
+        return entry.factory(arg)
     if ":" in term.name:
         module, _, attr = term.name.partition(":")
         try:
             fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
+        except (ImportError, AttributeError, ValueError) as err:
             raise BadInput(f"loss {term.name!r}: cannot import it ({err})") from err
         if not callable(fn):
             raise BadInput(f"loss {term.name!r} is not callable")
@@ -41,17 +302,27 @@ def resolve_loss(term: LossTerm) -> Loss:
     raise BadInput(f"unknown loss {term.name!r}; built-in: {', '.join(BUILTIN_LOSSES)}, or module:function")
 
 
-def parse_loss_spec(spec: str, default_scale: float = 100.0) -> LossTerm:
-    """'NAME[:SCALE]' -> LossTerm; NAME may itself be 'module:function'."""
-    name, _, last = spec.rpartition(":")
+def loss_default_scale(name: str) -> float:
+    """The built-in's default scale, or DEFAULT_SCALE for user losses."""
+    entry, _ = _builtin(name)
+    return entry.default_scale if entry is not None else DEFAULT_SCALE
+
+
+def parse_loss_spec(spec: str, default_scale: float | None = None) -> LossTerm:
+    """'NAME[:SCALE]' -> LossTerm; NAME may be 'NAME=ARG' or 'module:function'; no SCALE -> the loss's default."""
+    name, sep, last = spec.rpartition(":")
+    if not spec.strip() or (sep and not name.strip()):
+        raise BadInput(f"--loss {spec!r}: expected NAME[:SCALE]")
     try:
-        scale = float(last) if name else None
+        scale: float | None = float(last) if name else None
     except ValueError:
         scale = None
     if scale is None:
-        name, scale = spec, default_scale
-    if not name:
-        raise BadInput(f"--loss {spec!r}: expected NAME[:SCALE]")
+        head = spec.partition(":")[0]
+        if name and _builtin(head)[0] is not None and "=" not in head:
+            raise BadInput(f"--loss {spec!r}: scale {last!r} is not a number; expected NAME[:SCALE]")
+        name = spec
+        scale = default_scale if default_scale is not None else loss_default_scale(spec)
     if scale != scale or scale in (float("inf"), float("-inf")):
         raise BadInput(f"--loss {spec!r}: scale must be a finite number")
     return LossTerm(name=name, scale=scale)

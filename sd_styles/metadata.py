@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from importlib import metadata as pkg_metadata
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from .atomic import atomic_save_image
 from .errors import BadInput
 from .recipe import Recipe
 
@@ -22,27 +21,44 @@ FORMAT_VERSION = 1
 A1111_SAMPLERS = {"lms": "LMS", "ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler-a": "Euler a",
                   "dpm++2m": "DPM++ 2M", "dpm++2m-karras": "DPM++ 2M Karras"}
 
+# A1111's infotext parser (modules/infotext_utils.py: re_param_code), to read our own output back
+_A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_A1111_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
 
 def a1111_quote(value: object) -> str:
-    """Quote a value as A1111 does (modules/generation_parameters_copypaste.py: quote)."""
+    """Quote a value as A1111 does (infotext_utils.quote), and also one that starts with a quote."""
     text = str(value)
-    if "," not in text and "\n" not in text and ":" not in text:
+    # A1111 quotes only on , \n : -- a bare value starting with '"' would be json-decoded by its reader
+    if "," not in text and "\n" not in text and ":" not in text and not text.startswith('"'):
         return text
     return json.dumps(text, ensure_ascii=False)
 
 
-def a1111_parameters(recipe: Recipe, loss_history: list[float] | None = None) -> str:
-    """`prompt\\nNegative prompt: ...\\nSteps: 50, Sampler: LMS, CFG scale: 7.5, Seed: 101, Size: 512x512, ...`."""
-    fields = {
+def a1111_unquote(text: str) -> str:
+    """Inverse of `a1111_quote` (infotext_utils.unquote)."""
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def a1111_fields(recipe: Recipe, loss_history: list[float] | None = None) -> dict[str, object]:
+    """The `key: value` fields of the last line, in A1111's order, then our own keys."""
+    fields: dict[str, object] = {
         "Steps": recipe.steps,
         "Sampler": A1111_SAMPLERS.get(recipe.scheduler, recipe.scheduler),
-        "CFG scale": f"{recipe.cfg:g}",
+        "CFG scale": float(recipe.cfg),  # A1111 writes the float: 7.5, 7.0
         "Seed": recipe.seed,
         "Size": f"{recipe.width}x{recipe.height}",
         "Model": recipe.model,
     }
     if recipe.concepts:
-        fields["TI"] = ", ".join(f"{c.token}: {c.source}" for c in recipe.concepts)
+        # A1111's own key for embeddings: "name: first 10 hex of sha256, ..."
+        fields["TI hashes"] = ", ".join(f"{c.token}: {c.sha256[:10] or 'unknown'}" for c in recipe.concepts)
+    fields["RNG"] = "CPU"  # initial noise comes from a CPU torch.Generator (A1111's "CPU" RNG source)
     if recipe.guidance is not None:
         g = recipe.guidance
         fields["Loss"] = g.label()
@@ -53,11 +69,37 @@ def a1111_parameters(recipe: Recipe, loss_history: list[float] | None = None) ->
         if loss_history:
             fields["Final loss"] = f"{loss_history[-1]:.4g}"
     fields["Version"] = f"sd-styles {package_version('sd-styles')}"
-    lines = [recipe.prompt]
-    if recipe.negative_prompt:
-        lines.append(f"Negative prompt: {recipe.negative_prompt}")
-    lines.append(", ".join(f"{k}: {a1111_quote(v)}" for k, v in fields.items()))
-    return "\n".join(lines)
+    return fields
+
+
+def a1111_parameters(recipe: Recipe, loss_history: list[float] | None = None) -> str:
+    """`prompt\\nNegative prompt: ...\\nSteps: 50, Sampler: LMS, CFG scale: 7.5, Seed: 101, ...` (A1111's layout)."""
+    line = ", ".join(f"{k}: {a1111_quote(v)}" for k, v in a1111_fields(recipe, loss_history).items())
+    negative = f"\nNegative prompt: {recipe.negative_prompt}" if recipe.negative_prompt else ""
+    return f"{recipe.prompt}{negative}\n{line}".strip()  # A1111 strips the whole text too
+
+
+def parse_a1111_parameters(text: str) -> tuple[str, str, dict[str, str]]:
+    """(prompt, negative prompt, fields) as A1111's `parse_generation_parameters` reads them."""
+    *lines, last = text.strip().split("\n")
+    if len(_A1111_PARAM.findall(last)) < 3:  # no settings line: everything is prompt
+        lines.append(last)
+        last = ""
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    fields: dict[str, str] = {}
+    for key, value in _A1111_PARAM.findall(last):
+        value = a1111_unquote(value)
+        size = _A1111_SIZE.match(value)
+        if size:
+            fields[f"{key}-1"], fields[f"{key}-2"] = size.groups()
+        else:
+            fields[key] = value
+    return "\n".join(prompt), "\n".join(negative), fields
 
 
 def package_version(name: str) -> str:
@@ -67,57 +109,69 @@ def package_version(name: str) -> str:
         return "unknown"
 
 
-def recipe_document(recipe: Recipe, loss_history: list[float] | None = None) -> dict:
-    """The JSON chunk: the recipe plus provenance (package versions) and the loss history."""
-    return {
+def recipe_document(recipe: Recipe, loss_history: list[float] | None = None,
+                    rendered_with: dict | None = None) -> dict:
+    """The JSON chunk: the recipe plus provenance (package versions, device/dtype) and the loss history."""
+    doc = {
         "format": FORMAT_VERSION,
         "recipe": recipe.to_dict(),
         "digest": recipe.digest(),
         "loss_history": list(loss_history or []),
         "versions": {p: package_version(p) for p in ("sd-styles", "torch", "diffusers", "transformers")},
     }
+    if rendered_with:
+        doc["rendered_with"] = dict(rendered_with)  # provenance only: not part of the digest
+    return doc
 
 
-def save_png(image: Image.Image, path: str | Path, recipe: Recipe, loss_history: list[float] | None = None) -> Path:
+def save_png(image: Image.Image, path: str | Path, recipe: Recipe, loss_history: list[float] | None = None,
+             rendered_with: dict | None = None) -> Path:
     """Write the PNG with both chunks atomically (temp file + rename): never a partial file at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
-    info.add_text(PARAMETERS_KEY, a1111_parameters(recipe, loss_history))
-    info.add_text(RECIPE_KEY, json.dumps(recipe_document(recipe, loss_history), sort_keys=True))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    info.add_text(PARAMETERS_KEY, a1111_parameters(recipe, loss_history))  # iTXt by itself if not Latin-1
+    info.add_text(RECIPE_KEY, json.dumps(recipe_document(recipe, loss_history, rendered_with), sort_keys=True))
+    return atomic_save_image(image, path, "PNG", pnginfo=info)
+
+
+def read_text_chunks(path: str | Path) -> dict[str, str]:
+    """All text chunks of an image, after decoding it fully (a truncated file fails here)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        with Image.open(path) as im:
+            im.load()  # text chunks after IDAT only show up after load(); a truncated file raises
+            return {k: v for k, v in im.info.items() if isinstance(v, str)}
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadInput(f"{path}: not a readable image ({err})") from None
 
 
 def read_document(path: str | Path) -> dict:
     """The JSON recipe document stored in an image by `save_png`."""
-    try:
-        with Image.open(path) as im:
-            im.load()  # text chunks after IDAT only show up after load()
-            text = im.info.get(RECIPE_KEY)
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file") from None
-    except OSError as err:
-        raise BadInput(f"{path}: not a readable image ({err})") from None
+    text = read_text_chunks(path).get(RECIPE_KEY)
     if text is None:
         raise BadInput(f"{path}: carries no sd-styles recipe (chunk {RECIPE_KEY!r} missing)")
-    return json.loads(text)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BadInput(f"{path}: the {RECIPE_KEY!r} chunk is not valid JSON ({err})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("recipe"), dict):
+        raise BadInput(f"{path}: the {RECIPE_KEY!r} chunk holds no recipe")
+    return doc
 
 
 def read_recipe(path: str | Path) -> Recipe:
-    return Recipe.from_dict(read_document(path)["recipe"])
+    """The recipe stored in an image (BadInput when it has none)."""
+    try:
+        return Recipe.from_dict(read_document(path)["recipe"])
+    except (TypeError, KeyError) as err:
+        raise BadInput(f"{path}: the stored recipe is incomplete or from an incompatible version ({err})") from None
+
+
+def slug(text: str, limit: int = 48) -> str:
+    """Lower-case letters, digits and dashes: safe in file names everywhere."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
 
 
 def cell_filename(recipe: Recipe, stem: str | None = None) -> str:
-    """`<prompt-slug>-s<seed>-<digest8>.png`: readable, and unique per recipe."""
-    slug = stem or re.sub(r"[^a-z0-9]+", "-", recipe.prompt.lower()).strip("-")[:48] or "image"
-    return f"{slug}-s{recipe.seed}-{recipe.digest()[:8]}.png"
+    """`<stem or prompt-slug>-s<seed>-<digest8>.png`: readable, and unique per recipe."""
+    return f"{stem or slug(recipe.prompt) or 'image'}-s{recipe.seed}-{recipe.digest()[:8]}.png"

@@ -6,7 +6,7 @@ import logging
 from dataclasses import replace
 
 from .concepts import add_concept
-from .losses import resolve_loss
+from .losses import check_loss
 from .models import StyleModel, load_model
 from .recipe import Recipe
 from .render import Result, render
@@ -19,9 +19,13 @@ def rerun(recipe: Recipe, *, model: str | StyleModel | None = None, device: str 
     """Render `recipe` again. `model` overrides the recorded model (a source string or a loaded model)."""
     if recipe.guidance is not None:
         for term in recipe.guidance.losses:
-            resolve_loss(term)  # an unimportable user loss fails before any weights load
+            check_loss(term)  # an unimportable user loss fails before any weights load
     if not isinstance(model, StyleModel):
         model = load_model(model or recipe.model, device=device, dtype=dtype, revision=None)
+    if model.source == recipe.model and recipe.model_revision and model.revision != recipe.model_revision:
+        # the hub (or the tiny model's version) moved on since the image was made: pixels may differ
+        log.warning("model %s is at revision %s, the image was made with %s", model.source, model.revision,
+                    recipe.model_revision)
     for ref in recipe.concepts:
         loaded = add_concept(model, ref.source, token=ref.token)
         if ref.sha256 and loaded.sha256 and loaded.sha256 != ref.sha256:

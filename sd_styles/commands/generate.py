@@ -23,24 +23,30 @@ def register(sub) -> None:
     p.add_argument("--size", type=size, help="WxH, multiples of 8 (default: the model's native size)")
     p.add_argument("--scheduler", default="lms", choices=list(SCHEDULERS))
     p.add_argument("--loss", action="append", default=[], metavar="NAME[:SCALE]",
-                   help="built-in loss (blue, canny, ...) or module:function; repeatable, summed")
+                   help="built-in loss (blue, color[=#rrggbb], warm, sepia, saturation, contrast, canny[=REF.png], "
+                        "symmetry, clip=TEXT) or module:function; repeatable, summed")
     p.add_argument("--loss-every", type=positive_int, default=1, metavar="K", help="guide every K-th step")
-    p.add_argument("--loss-decoder", default="vae", metavar="vae|tiny|linear|PATH")
+    p.add_argument("--loss-start", type=finite_float, default=0.0, metavar="F",
+                   help="first guided step as a fraction of the schedule (default 0)")
+    p.add_argument("--loss-end", type=finite_float, default=1.0, metavar="F",
+                   help="guidance stops before this fraction of the schedule (default 1)")
+    p.add_argument("--loss-decoder", default="vae", metavar="vae|tiny|linear|PATH",
+                   help="decoder for the loss: full VAE, TAESD from the hub, 4x3 latent-to-RGB map, "
+                        "or a local AutoencoderTiny folder (default vae)")
     p.add_argument("--out", default="outputs", help="output folder (default outputs/)")
     p.set_defaults(func=run)
 
 
 def guidance_from_args(args) -> "Guidance | None":
     from ..decoders import check_decoder
-    from ..losses import parse_loss_spec, resolve_loss
+    from ..losses import check_loss, parse_loss_spec
     from ..recipe import Guidance, check_guidance
 
     if not args.loss:
         return None
-    terms = tuple(parse_loss_spec(s) for s in args.loss)
-    for t in terms:
-        resolve_loss(t)  # unknown names fail now, before the model loads
-    return check_guidance(Guidance(losses=terms, every=args.loss_every, decoder=check_decoder(args.loss_decoder)))
+    terms = tuple(check_loss(parse_loss_spec(s)) for s in args.loss)  # bad names fail now, before weights load
+    return check_guidance(Guidance(losses=terms, every=args.loss_every, start=args.loss_start, end=args.loss_end,
+                                   decoder=check_decoder(args.loss_decoder)))
 
 
 def run(args: argparse.Namespace) -> int:

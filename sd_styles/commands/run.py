@@ -1,0 +1,46 @@
+"""`sd-styles run EXPERIMENT.toml`: every style plain (and guided), resumable; grid, manifest, blog export."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_options, positive_int, print_paths, seed_int
+
+
+def seed_list(text: str) -> list[int]:
+    """'101,202,303' -> [101, 202, 303] (each a valid seed)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer seeds such as 1,2,3, got {text!r}")
+    return [seed_int(p) for p in parts]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run an experiment file: styles x (plain, guided), grid, manifest, export")
+    p.add_argument("experiment", metavar="EXPERIMENT.toml")
+    add_model_options(p, default_model=None)
+    p.add_argument("--seeds", type=seed_list, metavar="A,B,C,...", help="one seed per style, replacing the file's")
+    p.add_argument("--out", default="outputs", help="output folder; files go to OUT/NAME/ (default outputs/)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="plain cells rendered together (default 8)")
+    p.add_argument("--guided-batch-size", type=positive_int, default=1,
+                   help="guided cells rendered together (default 1: the loss's backward pass needs memory per cell)")
+    p.add_argument("--export-format", default="jpeg", choices=["jpeg", "webp"], help="blog copies (default jpeg)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ..experiment import load_experiment, with_seeds
+    from ..runner import run_experiment
+
+    exp = load_experiment(args.experiment)  # every mistake in the file fails here, before weights load
+    if args.seeds is not None:
+        exp = with_seeds(exp, args.seeds)
+    if args.model:
+        exp = replace(exp, model=args.model)
+    # each path is printed as soon as it is written: a caller sees finished cells even if the run dies
+    run_experiment(exp, out=args.out, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                   guided_batch_size=args.guided_batch_size,
+                   export_format=args.export_format, on_written=lambda path: print_paths([path]))
+    return 0

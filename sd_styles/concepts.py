@@ -1,0 +1,192 @@
+"""Textual-inversion concepts: read them from any source and load them into a model's text encoder.
+
+Loading follows diffusers' `load_textual_inversion` (a token per vector, extra vectors named `tok_1`,
+`tok_2`, ... so `pipe.maybe_convert_prompt` expands them) with what it lacks: every layout seen in the
+wild, safe unpickling, one-line errors, validation of everything before the tokenizer or the text
+encoder is touched, and reloading / swapping concepts in one session without the vocabulary growing.
+
+Only public APIs change the model: `tokenizer.add_tokens`, `text_encoder.resize_token_embeddings` and
+`get_input_embeddings()`. A tokenizer cannot forget an added token, so vocabulary slots we added are
+remembered per tokenizer and reused when the same token is loaded again; a removed concept's slots
+keep their ids but get zero vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from dataclasses import dataclass
+import torch
+
+from .concept_sources import resolve_source
+from .embedding_formats import SDXL_KEYS, TEXT, WIDTHS_HELP, Embedding, family_of, parse_embedding
+from .errors import BadInput
+
+# tokenizer -> {vocabulary token we added: its id}; weak so a dropped model frees its entry
+_SLOTS: "weakref.WeakKeyDictionary[object, dict[str, int]]" = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class ConceptFile:
+    """A concept read from its source, not yet in any model."""
+
+    source: str             # as given: hub id, file or folder
+    path: str               # the embedding file read (in the HF cache for hub ids)
+    token: str              # the trigger token, after precedence: --token, file's own, token_identifier.txt, name
+    token_origin: str       # which of those it came from
+    sha256: str             # of the embedding file's bytes
+    embedding: Embedding
+
+    @property
+    def vocab_tokens(self) -> list[str]:
+        """The vocabulary tokens a load adds: token, token_1, ... (diffusers' multi-vector naming)."""
+        return [self.token] + [f"{self.token}_{i}" for i in range(1, self.embedding.n_vectors)]
+
+    def describe(self) -> dict:
+        """What `sd-styles concepts inspect` prints."""
+        e = self.embedding
+        return {"source": self.source, "path": self.path, "sha256": self.sha256, "format": e.format,
+                "container": e.container, "token": self.token, "token_origin": self.token_origin,
+                "file_token": e.own_token, "tokens": self.vocab_tokens, "n_vectors": e.n_vectors,
+                "width": e.widths if e.is_sdxl else e.widths[TEXT], "fits": e.family}
+
+
+@dataclass(frozen=True)
+class LoadedConcept:
+    """A concept loaded into a model (kept in `model.concepts[token]`)."""
+
+    source: str
+    token: str
+    sha256: str
+    format: str
+    width: int
+    n_vectors: int
+    tokens: list[str]       # vocabulary tokens it occupies: token, token_1, ...
+    path: str = ""
+
+
+def read_concept(source: str, token: str | None = None) -> ConceptFile:
+    """Resolve and parse `source` (no model needed); `token` overrides the file's own token."""
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        raise BadInput(f"--token must be a non-empty string, got {token!r}")
+    local = resolve_source(source)
+    data = local.read()
+    embedding = parse_embedding(data, source)
+    for chosen, origin in ((token, "--token"), (embedding.own_token, "file"),
+                           (local.token_file, "token_identifier.txt"), (local.name, "file name")):
+        if chosen:
+            break
+    return ConceptFile(source=source, path=str(local.path), token=chosen.strip(), token_origin=origin,
+                       sha256=hashlib.sha256(data).hexdigest(), embedding=embedding)
+
+
+def add_concept(model, source: str, token: str | None = None) -> LoadedConcept:
+    """Load one concept into `model` (replacing a loaded concept with the same token)."""
+    return add_concepts(model, [source], token=token)[0]
+
+
+def add_concepts(model, sources: list[str], token: str | None = None) -> list[LoadedConcept]:
+    """Load several concepts at once: all are validated first, so a failure changes nothing."""
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    if token is not None and len(sources) != 1:
+        raise BadInput(f"--token needs exactly one --concept, got {len(sources)}")
+    files = [read_concept(s, token) for s in sources]
+    _check(model, files)
+    return [_install(model, f) for f in files]
+
+
+def remove_concept(model, token: str) -> None:
+    """Unload a concept: its token stops carrying the concept (its slots stay for reuse, zeroed)."""
+    concept = model.concepts.pop(token, None)
+    if concept is None:
+        loaded = ", ".join(model.concepts) or "none"
+        raise BadInput(f"no concept with token {token!r} is loaded (loaded: {loaded})")
+    ids = [model.pipe.tokenizer.convert_tokens_to_ids(t) for t in concept.tokens]
+    weight = model.pipe.text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[ids] = 0
+
+
+def _check(model, files: list[ConceptFile]) -> None:
+    """Every reason a load could fail, checked before anything is modified."""
+    tokenizer, text_encoder = model.pipe.tokenizer, model.pipe.text_encoder
+    width = text_encoder.get_input_embeddings().embedding_dim
+    for f in files:
+        e = f.embedding
+        if e.is_sdxl:
+            raise BadInput(f"{f.source} is an SDXL embedding ({'+'.join(SDXL_KEYS)}, {e.width_label} wide); "
+                           f"loading into SDXL is not supported yet and this model is {family_of(width)} "
+                           f"({width} wide)")
+        if e.widths[TEXT] != width:
+            raise BadInput(f"{f.source} has {e.widths[TEXT]}-wide vectors ({e.family}) but this model's text "
+                           f"encoder is {width} wide ({family_of(width)}); {WIDTHS_HELP}")
+    seen = [f.token for f in files]
+    if len(set(seen)) < len(seen):
+        raise BadInput(f"two concepts want the same token ({', '.join(seen)}); give each its own token")
+    slots = _SLOTS.get(tokenizer, {})
+    added = {t.content for t in tokenizer.added_tokens_decoder.values() if not t.special}
+    base = set(tokenizer.get_vocab()) - added
+    for f in files:
+        for v in f.vocab_tokens:
+            low = v.lower()  # CLIP lowercases prompts: "Cat" would shadow the word "cat"
+            if v in base or low in base or f"{low}</w>" in base:
+                raise BadInput(f"token {v!r} of {f.source} is already a word in the model's vocabulary; "
+                               "pick a distinct trigger token with --token, e.g. '<my-style>'")
+            if v in added and v not in slots:
+                raise BadInput(f"token {v!r} of {f.source} was already added to the tokenizer by other code; "
+                               "pick another with --token")
+    _check_vocabulary_use(model, files, added | {v for f in files for v in f.vocab_tokens}, slots)
+
+
+def _check_vocabulary_use(model, files: list[ConceptFile], vocab: set[str], slots: dict[str, int]) -> None:
+    """Each vocabulary token serves one concept, and diffusers' expansion of `tok` to `tok tok_1 ...`
+    (while those exist in the tokenizer) must yield exactly the concept's vectors."""
+    replaced = {f.token for f in files}  # loading a token again replaces its concept
+    kept = {t: c for t, c in model.concepts.items() if t not in replaced}
+    owner: dict[str, str] = {}
+    for v, t in [(v, t) for t, c in kept.items() for v in c.tokens] + [(v, f.token) for f in files for v in f.vocab_tokens]:
+        if owner.setdefault(v, t) != t:
+            raise BadInput(f"token {v!r} is already used by the concept {owner[v]!r}; pick another --token")
+    sizes = {t: c.n_vectors for t, c in kept.items()} | {f.token: f.embedding.n_vectors for f in files}
+    for tok, n in sizes.items():
+        extra = f"{tok}_{n}"
+        if extra not in vocab:
+            continue
+        if extra in slots and extra not in owner:  # tokenizers cannot forget a token: a spare slot stays
+            raise BadInput(f"token {tok!r} had more vectors in an earlier load this session and its spare slot "
+                           f"{extra!r} cannot be freed; use another --token or reload the model")
+        raise BadInput(f"token {tok!r} would pull {extra!r} (another token) into every prompt that uses it; "
+                       "pick another --token")
+
+
+def _install(model, f: ConceptFile) -> LoadedConcept:
+    """Write the vectors: reuse this tokenizer's slots for known tokens, add (and grow) for new ones."""
+    tokenizer, text_encoder = model.pipe.tokenizer, model.pipe.text_encoder
+    slots = _SLOTS.setdefault(tokenizer, {})
+    new = [v for v in f.vocab_tokens if v not in slots]
+    if new:
+        rows = text_encoder.get_input_embeddings().num_embeddings
+        if len(tokenizer) + len(new) > rows:
+            # new rows are overwritten below; fork the RNG so their random init leaves the caller's untouched
+            with torch.random.fork_rng(devices=[]):
+                text_encoder.resize_token_embeddings(len(tokenizer) + len(new), mean_resizing=False)
+        tokenizer.add_tokens([_added_token(v) for v in new])
+        slots.update({v: tokenizer.convert_tokens_to_ids(v) for v in new})
+    ids = [slots[v] for v in f.vocab_tokens]
+    weight = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[ids] = f.embedding.vectors[TEXT].to(dtype=weight.dtype, device=weight.device)
+    loaded = LoadedConcept(source=f.source, token=f.token, sha256=f.sha256, format=f.embedding.format,
+                           width=weight.shape[1], n_vectors=f.embedding.n_vectors, tokens=f.vocab_tokens,
+                           path=f.path)
+    model.concepts[f.token] = loaded
+    return loaded
+
+
+def _added_token(content: str):
+    """Match the token exactly as written: with CLIP's lowercasing normaliser a mixed-case multi-vector
+    token (`CuteCafe-54500`) would never be found again by diffusers' prompt expansion."""
+    from transformers import AddedToken
+
+    return AddedToken(content, normalized=False, special=False)
+

@@ -1,0 +1,68 @@
+"""notebooks/five_styles.ipynb: stored clean and in sync with its builder, and it runs under papermill offline."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "five_styles.ipynb"
+REQUIRED = {"MODEL", "CONCEPTS", "SEEDS", "PROMPT", "STEPS", "WIDTH", "HEIGHT", "OUT_DIR", "LOSS", "LOSS_SCALE"}
+
+
+def load_builder():
+    spec = importlib.util.spec_from_file_location("build_five_styles", ROOT / "notebooks" / "build_five_styles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_notebook_is_clean_and_matches_its_builder():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+    assert json.loads(nbformat.writes(load_builder().build())) == json.loads(NOTEBOOK.read_text(encoding="utf-8")), \
+        "notebooks/five_styles.ipynb is stale: run python notebooks/build_five_styles.py"
+
+
+def test_parameters_cell_defines_what_papermill_sets():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    [cell] = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    names = {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets}
+    assert REQUIRED <= names
+    install = next(c for c in nb.cells if c.cell_type == "code")
+    assert "IN_COLAB" in install.source and "%pip install" in install.source
+
+
+@pytest.mark.slow
+def test_notebook_runs_offline_on_the_tiny_model(tiny_dir, tmp_path):
+    papermill = pytest.importorskip("papermill")
+    concepts = []
+    for i in range(2):  # two styles keep it quick; the notebook takes any number
+        path = tmp_path / f"nb-style-{i}.pt"
+        torch.save({f"<nb-{i}>": torch.randn(32, generator=torch.Generator().manual_seed(i))}, path)
+        concepts.append(str(path))
+    out = tmp_path / "out"
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "executed.ipynb"), kernel_name="python3", cwd=str(tmp_path),
+        progress_bar=False, log_output=False,
+        parameters=dict(MODEL=str(tiny_dir), CONCEPTS=concepts, SEEDS=[3, 4], PROMPT="a boat by {style}", STEPS=2,
+                        WIDTH=64, HEIGHT=64, OUT_DIR=str(out), LOSS="custom", LOSS_SCALE=50.0, LOSS_EVERY=1,
+                        NEW_SEEDS=[5, 6]))
+    first, second = out / "five-styles-notebook", out / "five-styles-notebook-new-seeds"
+    for folder, seeds in ((first, {3, 4}), (second, {5, 6})):
+        cells = [p for p in folder.glob("*.png") if p.name != "grid.png"]
+        assert len(cells) == 4, folder
+        assert {int(p.name.split("-s")[-1].split("-")[0]) for p in cells} == seeds
+        assert (folder / "grid.png").is_file() and (folder / "manifest.json").is_file()
+        assert (folder / "blog" / "post.md").is_file()
+    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+    images = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) >= 5  # plain grid, guided grid, comparison, loss plot, new-seeds comparison
