@@ -30,8 +30,8 @@ IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
     %pip install -q "sd-styles @ git+{REPO_URL}.git\"""", []),
     ("md", """## Parameters
-`MODEL` is a hub id, a local diffusers folder, or `"tiny"` (random weights: an offline plumbing check in
-seconds). `{style}` in the prompt becomes each concept's trigger token. `LOSS` is `"custom"` (the function
+`MODEL` is a hub id or a local diffusers folder of an SD 1.x model (the concepts are 768-wide SD 1.x
+embeddings); `"tiny"` is a random 32-wide model for offline tests with matching test embeddings. `{style}` in the prompt becomes each concept's trigger token. `LOSS` is `"custom"` (the function
 defined below) or a built-in: `blue`, `warm`, `sepia`, `saturation`, `contrast`, `canny`, `symmetry`,
 `color=#ff8800`, `clip=a watercolor painting`.""", []),
     ("code", """MODEL = "CompVis/stable-diffusion-v1-4"

@@ -22,6 +22,7 @@ from .concept_sources import resolve_source
 from .embedding_formats import SDXL_KEYS, TEXT, WIDTHS_HELP, Embedding, family_of, parse_embedding
 from .errors import BadInput
 
+GROW_BY = 64  # the embedding matrix grows in blocks of this many rows
 # tokenizer -> {vocabulary token we added: its id}; weak so a dropped model frees its entry
 _SLOTS: "weakref.WeakKeyDictionary[object, dict[str, int]]" = weakref.WeakKeyDictionary()
 
@@ -167,9 +168,11 @@ def _install(model, f: ConceptFile) -> LoadedConcept:
     if new:
         rows = text_encoder.get_input_embeddings().num_embeddings
         if len(tokenizer) + len(new) > rows:
-            # new rows are overwritten below; fork the RNG so their random init leaves the caller's untouched
+            # Grow in blocks so the next concepts usually fit without copying the whole matrix again. New rows
+            # are overwritten below; forking the RNG keeps their random init off the caller's generator.
             with torch.random.fork_rng(devices=[]):
-                text_encoder.resize_token_embeddings(len(tokenizer) + len(new), mean_resizing=False)
+                text_encoder.resize_token_embeddings(len(tokenizer) + len(new), pad_to_multiple_of=GROW_BY,
+                                                     mean_resizing=False)
         tokenizer.add_tokens([_added_token(v) for v in new])
         slots.update({v: tokenizer.convert_tokens_to_ids(v) for v in new})
     ids = [slots[v] for v in f.vocab_tokens]

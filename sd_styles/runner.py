@@ -128,7 +128,7 @@ def render_cells(model, cells: Sequence[Cell], *, out_dir: str | Path | None = N
             rendered = render(model, [c.recipe for _, c in batch], batch_size=len(batch), progress=progress)
             for (i, cell), res in zip(batch, rendered):
                 path = None
-                if folder is not None:  # saved right away: a kill now loses at most the next batch
+                if folder is not None:  # saved right away: a kill loses at most the batch being rendered
                     path = save_png(res.image, folder / cell.filename, res.recipe, res.loss_history, rendered_with)
                     if on_written:
                         on_written(path)
@@ -158,6 +158,7 @@ def export_run(exp: Experiment, results: Sequence[CellResult], out: str | Path, 
     from .grid import results_grid
 
     folder = Path(out) / exp.name
+    clean_stale_temps(folder / "blog")  # debris of an export killed mid-write
     emit = on_written or (lambda p: None)
     for r in results:
         if r.path is None:

@@ -1,8 +1,9 @@
 """Every loadable real embedding renders the same image through our loader as through diffusers'.
 
-Our side: `add_concept` into one long-lived model (so the cases also exercise reloading and slot
-reuse), rendered by our sampler. Reference: diffusers' `StableDiffusionPipeline` (loaded once per
-module) with fresh copies of the tokenizer and text encoder per file, after `load_textual_inversion`.
+Our side: `add_concept` / `remove_concept` file by file in one long-lived model (so the cases also
+exercise reloading and slot reuse), rendered by our sampler. Reference: diffusers'
+`StableDiffusionPipeline`, built once per module, with the files loaded by its own
+`load_textual_inversion` (a list per pipeline, so a pipeline never holds one token twice).
 Files diffusers cannot read itself (old ParameterDict pickles, PNG embeddings) reach it as a tensor
 read independently here: torch's weights-only loader with ParameterDict admitted, PIL's text chunks.
 """
@@ -62,36 +63,47 @@ SD2 = [
 
 
 class Setup:
-    """Our model and the diffusers reference pipeline for one tiny model folder, loaded once."""
+    """Our model, and diffusers reference pipelines holding every case's file, for one tiny model folder."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, shared: Path, cases: list[tuple]):
         from diffusers import StableDiffusionPipeline
 
+        from sd_styles.concepts import read_concept
         from sd_styles.models import load_model
 
         self.model = load_model(str(folder), device="cpu", dtype="fp32")
-        self.ref = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
-        self.ref.set_progress_bar_config(disable=True)
-
-    def fresh_reference(self):
-        """The reference pipeline with untouched copies of its tokenizer and text encoder."""
-        from diffusers import StableDiffusionPipeline
-
-        parts = {**self.ref.components, "tokenizer": copy.deepcopy(self.ref.tokenizer),
-                 "text_encoder": copy.deepcopy(self.ref.text_encoder)}
-        pipe = StableDiffusionPipeline(**parts, requires_safety_checker=False)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        base = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+        groups: list[dict[str, tuple]] = []  # reference token -> case; one pipeline per group
+        for case in cases:
+            rel, token, _, ref_token = case
+            key = ref_token or read_concept(str(shared / "embeddings" / rel), token).token
+            group = next((g for g in groups if key not in g), None)
+            if group is None:
+                groups.append(group := {})
+            group[key] = case
+        self.ref: dict[str, object] = {}
+        for group in groups:
+            pipe = StableDiffusionPipeline(**{**base.components, "tokenizer": copy.deepcopy(base.tokenizer),
+                                              "text_encoder": copy.deepcopy(base.text_encoder)},
+                                           requires_safety_checker=False)
+            pipe.set_progress_bar_config(disable=True)
+            # diffusers repeats a list's first token for every file when it is None: put a given one first
+            members = sorted(group.values(), key=lambda c: c[3] is None)
+            assert members[0][3] is not None
+            files = [shared / "embeddings" / c[0] for c in members]
+            pipe.load_textual_inversion([str(f) if c[2] == "file" else reference_tensor(f, c[2])
+                                         for f, c in zip(files, members)], token=[c[3] for c in members])
+            self.ref.update({c[0]: pipe for c in members})
 
 
 @pytest.fixture(scope="module")
-def sd1_setup(tiny_sd1_dir):
-    return Setup(tiny_sd1_dir)
+def sd1_setup(tiny_sd1_dir, shared_fixtures):
+    return Setup(tiny_sd1_dir, shared_fixtures, SD1)
 
 
 @pytest.fixture(scope="module")
-def sd2_setup(tiny_sd2_dir):
-    return Setup(tiny_sd2_dir)
+def sd2_setup(tiny_sd2_dir, shared_fixtures):
+    return Setup(tiny_sd2_dir, shared_fixtures, SD2)
 
 
 def reference_tensor(path: Path, how: str) -> torch.Tensor:
@@ -108,27 +120,15 @@ def reference_tensor(path: Path, how: str) -> torch.Tensor:
     return torch.tensor(data["string_to_param"]["*"]["TORCHTENSOR"], dtype=torch.float32)
 
 
-def check_same_image(setup: Setup, path: Path, token: str | None, how: str, ref_token: str | None) -> None:
-    import time, sys; T=[time.time()]
+def check_same_image(setup: Setup, rel: str, path: Path, token: str | None, ref_token: str | None) -> None:
     concept = add_concept(setup.model, str(path), token=token)
-    T.append(time.time())
     try:
-        pipe = setup.fresh_reference()
-        T.append(time.time())
-        if how == "file":
-            pipe.load_textual_inversion(str(path), **({"token": ref_token} if ref_token else {}))
-        else:
-            pipe.load_textual_inversion(reference_tensor(path, how), token=ref_token)
-        T.append(time.time())
         recipe = make_recipe(setup.model, PROMPT.format(concept.token), seed=SEED, steps=STEPS, width=SIZE,
                              height=SIZE, scheduler="pndm")  # the reference pipeline's own scheduler
         assert [c.token for c in recipe.concepts] == [concept.token]
         [ours] = render(setup.model, [recipe], progress=False)
-        T.append(time.time())
-        theirs = pipe(PROMPT.format(ref_token or concept.token), num_inference_steps=STEPS, height=SIZE, width=SIZE,
-                      generator=torch.Generator("cpu").manual_seed(SEED)).images[0]
-        T.append(time.time())
-        sys.__stderr__.write(f"{path.name} " + str(["%.2f" % (b - a) for a, b in zip(T, T[1:])]) + "\n")
+        theirs = setup.ref[rel](PROMPT.format(ref_token or concept.token), num_inference_steps=STEPS, height=SIZE,
+                                width=SIZE, generator=torch.Generator("cpu").manual_seed(SEED)).images[0]
         assert pixel_diff(ours.image, theirs) <= 1
         # every vector is in the prompt: as many slots as the file has vectors, in the same order as diffusers'
         expanded = setup.model.pipe.maybe_convert_prompt(PROMPT.format(concept.token), setup.model.pipe.tokenizer)
@@ -141,12 +141,12 @@ def check_same_image(setup: Setup, path: Path, token: str | None, how: str, ref_
 
 @pytest.mark.parametrize("rel,token,how,ref_token", SD1, ids=[c[0] for c in SD1])
 def test_sd1_concept_renders_like_diffusers(shared_fixtures, sd1_setup, rel, token, how, ref_token):
-    check_same_image(sd1_setup, shared_fixtures / "embeddings" / rel, token, how, ref_token)
+    check_same_image(sd1_setup, rel, shared_fixtures / "embeddings" / rel, token, ref_token)
 
 
 @pytest.mark.parametrize("rel,token,how,ref_token", SD2, ids=[c[0] for c in SD2])
 def test_sd2_concept_renders_like_diffusers(shared_fixtures, sd2_setup, rel, token, how, ref_token):
-    check_same_image(sd2_setup, shared_fixtures / "embeddings" / rel, token, how, ref_token)
+    check_same_image(sd2_setup, rel, shared_fixtures / "embeddings" / rel, token, ref_token)
 
 
 def test_concept_changes_the_image(shared_fixtures, sd1_setup):

@@ -20,14 +20,14 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL semanti
 
 
 def write_experiment(folder: Path, model: Path) -> Path:
-    """Five 32-wide styles, plain and guided (10 cells), 64x64, 3 steps on the tiny model."""
+    """Eight 32-wide styles, plain (8 cells: a loss adds nothing to what resume must do), 64x64, 3 steps."""
     styles = ""
-    for i in range(5):
+    for i in range(8):
         torch.save({f"<kill-{i}>": torch.randn(32, generator=torch.Generator().manual_seed(i))}, folder / f"k{i}.pt")
         styles += f'\n[[styles]]\nconcept = "k{i}.pt"\nseed = {i + 1}\n'
     path = folder / "kill.toml"
     path.write_text(f'name = "kill"\nmodel = "{model.as_posix()}"\nprompt = "a house by {{style}}"\nsteps = 3\n'
-                    f'width = 64\nheight = 64\n{styles}\n[guidance]\nloss = "blue"\nscale = 50\n', encoding="utf-8")
+                    f'width = 64\nheight = 64\n{styles}', encoding="utf-8")
     return path
 
 
@@ -49,7 +49,7 @@ def test_killed_run_resumes_without_losing_or_corrupting_cells(tiny_dir, tmp_pat
     finally:
         proc.wait(timeout=60)
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in finished(cells)}
-    assert 2 <= len(before) < 10, "the run finished before it could be killed; make it slower"
+    assert 2 <= len(before) < 8, "the run finished before it could be killed; make it slower"
     for path in before:  # whatever was on disk at the kill is a complete cell
         read_document(path)
     # debris of a writer killed mid-file (the kill above may or may not have left one)
@@ -60,7 +60,7 @@ def test_killed_run_resumes_without_losing_or_corrupting_cells(tiny_dir, tmp_pat
         assert main(["run", str(toml), "--out", str(out)]) == 0
 
     after = finished(cells)
-    assert len(after) == 10
+    assert len(after) == 8
     assert not list(cells.glob(".tmp-*"))
     digests = {read_document(p)["digest"][:8] for p in after}  # every file decodes and carries its recipe
     assert {p.stem.rsplit("-", 1)[1] for p in after} == digests

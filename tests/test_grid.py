@@ -97,7 +97,7 @@ def test_export_writes_web_copies_with_parameters_and_a_post(tmp_path):
     assert int(info.samplers[0].parameters["seed"]) == 102
     post = paths[-1].read_text(encoding="utf-8")
     assert "![" in post and "(grid.jpg)" in post
-    for r, p in zip(results, paths[1:-1]):
+    for p in paths[1:-1]:
         assert f"({p.name})" in post
     assert post.count("&lt;hitokomoru-style-nao&gt; · seed 101 ·") == 2  # one caption per image, escaped token
     assert "guided by canny:200 (final loss 2.5)" in post
