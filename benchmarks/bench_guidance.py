@@ -96,6 +96,10 @@ def bench_speed(args) -> None:
                                      width=args.size, height=args.size, scheduler=args.scheduler, guidance=g)
     for recipe in recipes.values():  # warm-up: first calls allocate, load TAESD once, build oneDNN kernels
         model_step_warmup(model, recipe)
+    if args.components:
+        bench_components(args, model, taesd)
+    if args.repeats < 1:
+        return
     walls: dict[str, list[float]] = {k: [] for k in recipes}
     cpus: dict[str, list[float]] = {k: [] for k in recipes}
     for r in range(args.repeats):
@@ -105,6 +109,55 @@ def bench_speed(args) -> None:
             cpus[label].append(c)
             print(f"# round {r + 1}: {label:20s} wall {w:7.2f}s  cpu {c:7.2f}s", file=sys.stderr, flush=True)
     report(args, walls, cpus)
+
+
+def bench_components(args, model, taesd: Path) -> None:
+    """Per-step costs, min of `--component-repeats` interleaved runs (the min resists a busy machine).
+
+    Predicted ratio = (steps * unet + final decode + guided steps * gradient) / (steps * unet + final decode).
+    """
+    from sd_styles.decoders import make_decoder
+    from sd_styles.guidance import loss_gradient
+    from sd_styles.losses import blue_loss
+    from sd_styles.sampling import decode, make_denoiser
+    from sd_styles.schedulers import make_scheduler
+
+    pipe, dev = model.pipe, model.device
+    scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    scheduler.set_timesteps(args.steps, device=dev)
+    side = args.size // pipe.vae_scale_factor
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(1, 4, side, side, generator=gen) * scheduler.init_noise_sigma).to(dev, model.dtype)
+    embeds = torch.randn(2, 77, pipe.text_encoder.config.hidden_size, generator=gen).to(dev, model.dtype)
+    denoise = make_denoiser(pipe.unet, scheduler, embeds, args.cfg, True)
+    t = scheduler.timesteps[1]
+    eps = denoise(x, 1, t)[1]
+    jobs = {"unet (cfg, batch 1)": lambda: denoise(x, 1, t)}
+    jobs["final vae decode"] = lambda: decode(pipe.vae, x)
+    for name in ("vae", str(taesd), "linear"):
+        label = "tiny" if name == str(taesd) else name
+        dec = make_decoder(model, name)
+        jobs[f"gradient via {label}"] = (lambda d: lambda: loss_gradient(scheduler, x, eps, 1, t, d, [(blue_loss, 200.0)]))(dec)
+    best = {k: float("inf") for k in jobs}
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for _ in range(args.component_repeats):
+        for k, job in jobs.items():
+            sync()
+            start = time.perf_counter()
+            with torch.no_grad():
+                job()
+            sync()
+            best[k] = min(best[k], time.perf_counter() - start)
+    unet, final = best["unet (cfg, batch 1)"], best["final vae decode"]
+    plain = args.steps * unet + final
+    print(f"per-step costs (min of {args.component_repeats}), {args.size}x{args.size}:")
+    for k, v in best.items():
+        print(f"  {k:22s} {v:7.3f}s  ({v / unet:5.2f}x a UNet step)")
+    print("predicted ratios from the costs above:")
+    for label, decoder, every in CASES[1:]:
+        guided = len(range(0, args.steps, every))
+        cost = best[f"gradient via {decoder}"]
+        print(f"  {label:22s} {(plain + guided * cost) / plain:5.2f}")
 
 
 def model_step_warmup(model, recipe) -> None:
@@ -196,9 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--cfg", type=float, default=7.5)
     p.add_argument("--scheduler", default="lms")
-    p.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the median is reported")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved end-to-end rounds; the median is reported (0: components only)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
+    p.add_argument("--components", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time one UNet step and one guidance gradient per decoder (default on)")
+    p.add_argument("--component-repeats", type=int, default=5)
     p.add_argument("--memory", action="store_true", help="also measure / estimate the VAE backward's memory")
     p.add_argument("--memory-only", action="store_true", help="only the memory measurement")
     p.add_argument("--memory-size", type=int, default=512)

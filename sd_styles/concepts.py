@@ -8,7 +8,7 @@ encoder is touched, and reloading / swapping concepts in one session without the
 Only public APIs change the model: `tokenizer.add_tokens`, `text_encoder.resize_token_embeddings` and
 `get_input_embeddings()`. A tokenizer cannot forget an added token, so vocabulary slots we added are
 remembered per tokenizer and reused when the same token is loaded again; a removed concept's slots
-keep their ids but get zero vectors.
+keep their ids but get zero vectors. Tokens match prompts exactly as written (case included).
 """
 
 from __future__ import annotations
@@ -16,11 +16,16 @@ from __future__ import annotations
 import hashlib
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 
 from .concept_sources import resolve_source
 from .embedding_formats import SDXL_KEYS, TEXT, WIDTHS_HELP, Embedding, family_of, parse_embedding
 from .errors import BadInput
+
+if TYPE_CHECKING:
+    from .models import StyleModel
 
 GROW_BY = 64  # the embedding matrix grows in blocks of this many rows
 # tokenizer -> {vocabulary token we added: its id}; weak so a dropped model frees its entry
@@ -73,20 +78,21 @@ def read_concept(source: str, token: str | None = None) -> ConceptFile:
     local = resolve_source(source)
     data = local.read()
     embedding = parse_embedding(data, source)
-    for chosen, origin in ((token, "--token"), (embedding.own_token, "file"),
-                           (local.token_file, "token_identifier.txt"), (local.name, "file name")):
-        if chosen:
-            break
-    return ConceptFile(source=source, path=str(local.path), token=chosen.strip(), token_origin=origin,
+    candidates = ((token, "--token"), (embedding.own_token, "file"),
+                  (local.token_file, "token_identifier.txt"), (local.name, "file name"))
+    chosen, origin = next(((t.strip(), o) for t, o in candidates if t and t.strip()), (None, None))
+    if chosen is None:
+        raise BadInput(f"{source} names no token: pass one with --token")
+    return ConceptFile(source=source, path=str(local.path), token=chosen, token_origin=origin,
                        sha256=hashlib.sha256(data).hexdigest(), embedding=embedding)
 
 
-def add_concept(model, source: str, token: str | None = None) -> LoadedConcept:
+def add_concept(model: StyleModel, source: str, token: str | None = None) -> LoadedConcept:
     """Load one concept into `model` (replacing a loaded concept with the same token)."""
     return add_concepts(model, [source], token=token)[0]
 
 
-def add_concepts(model, sources: list[str], token: str | None = None) -> list[LoadedConcept]:
+def add_concepts(model: StyleModel, sources: list[str], token: str | None = None) -> list[LoadedConcept]:
     """Load several concepts at once: all are validated first, so a failure changes nothing."""
     sources = [sources] if isinstance(sources, str) else list(sources)
     if token is not None and len(sources) != 1:
@@ -96,19 +102,19 @@ def add_concepts(model, sources: list[str], token: str | None = None) -> list[Lo
     return [_install(model, f) for f in files]
 
 
-def remove_concept(model, token: str) -> None:
+def remove_concept(model: StyleModel, token: str) -> None:
     """Unload a concept: its token stops carrying the concept (its slots stay for reuse, zeroed)."""
     concept = model.concepts.pop(token, None)
     if concept is None:
         loaded = ", ".join(model.concepts) or "none"
         raise BadInput(f"no concept with token {token!r} is loaded (loaded: {loaded})")
-    ids = [model.pipe.tokenizer.convert_tokens_to_ids(t) for t in concept.tokens]
+    ids = model.pipe.tokenizer.convert_tokens_to_ids(concept.tokens)
     weight = model.pipe.text_encoder.get_input_embeddings().weight
     with torch.no_grad():
         weight[ids] = 0
 
 
-def _check(model, files: list[ConceptFile]) -> None:
+def _check(model: StyleModel, files: list[ConceptFile]) -> None:
     """Every reason a load could fail, checked before anything is modified."""
     tokenizer, text_encoder = model.pipe.tokenizer, model.pipe.text_encoder
     width = text_encoder.get_input_embeddings().embedding_dim
@@ -139,13 +145,15 @@ def _check(model, files: list[ConceptFile]) -> None:
     _check_vocabulary_use(model, files, added | {v for f in files for v in f.vocab_tokens}, slots)
 
 
-def _check_vocabulary_use(model, files: list[ConceptFile], vocab: set[str], slots: dict[str, int]) -> None:
-    """Each vocabulary token serves one concept, and diffusers' expansion of `tok` to `tok tok_1 ...`
-    (while those exist in the tokenizer) must yield exactly the concept's vectors."""
+def _check_vocabulary_use(model: StyleModel, files: list[ConceptFile], vocab: set[str], slots: dict[str, int]) -> None:
+    """Each vocabulary token serves one concept, and every concept's prompt expansion is exactly its vectors."""
+    # diffusers' maybe_convert_prompt expands `tok` to `tok tok_1 tok_2 ...` for as long as those exist in the
+    # tokenizer, so a stray `tok_<n>` (a spare slot, or another concept's token) would join every prompt
     replaced = {f.token for f in files}  # loading a token again replaces its concept
     kept = {t: c for t, c in model.concepts.items() if t not in replaced}
+    claims = [(v, t) for t, c in kept.items() for v in c.tokens] + [(v, f.token) for f in files for v in f.vocab_tokens]
     owner: dict[str, str] = {}
-    for v, t in [(v, t) for t, c in kept.items() for v in c.tokens] + [(v, f.token) for f in files for v in f.vocab_tokens]:
+    for v, t in claims:
         if owner.setdefault(v, t) != t:
             raise BadInput(f"token {v!r} is already used by the concept {owner[v]!r}; pick another --token")
     sizes = {t: c.n_vectors for t, c in kept.items()} | {f.token: f.embedding.n_vectors for f in files}
@@ -160,7 +168,7 @@ def _check_vocabulary_use(model, files: list[ConceptFile], vocab: set[str], slot
                        "pick another --token")
 
 
-def _install(model, f: ConceptFile) -> LoadedConcept:
+def _install(model: StyleModel, f: ConceptFile) -> LoadedConcept:
     """Write the vectors: reuse this tokenizer's slots for known tokens, add (and grow) for new ones."""
     tokenizer, text_encoder = model.pipe.tokenizer, model.pipe.text_encoder
     slots = _SLOTS.setdefault(tokenizer, {})
@@ -187,8 +195,9 @@ def _install(model, f: ConceptFile) -> LoadedConcept:
 
 
 def _added_token(content: str):
-    """Match the token exactly as written: with CLIP's lowercasing normaliser a mixed-case multi-vector
-    token (`CuteCafe-54500`) would never be found again by diffusers' prompt expansion."""
+    """The token as an AddedToken matched exactly as written (case included)."""
+    # Not normalised: CLIP's normaliser lowercases, so a mixed-case multi-vector token (`CuteCafe-54500`) would
+    # come out of tokenize() lowercased and diffusers' prompt expansion would never find its `_1`, `_2` slots.
     from transformers import AddedToken
 
     return AddedToken(content, normalized=False, special=False)

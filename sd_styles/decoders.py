@@ -1,8 +1,9 @@
 """Image decoders for loss guidance: raw latents (N, 4, h, w) -> images (N, 3, H, W) in [0, 1], differentiable.
 
-`vae`: the model's own VAE (faithful; forward + backward ~3x a UNet step). `tiny`: TAESD, diffusers'
-`AutoencoderTiny` from the hub (~18x cheaper). `linear`: a fixed 4x3 latent-to-RGB map (free, coarse,
-at latent resolution). PATH: a local AutoencoderTiny folder. Decoders are built once per model.
+`vae`: the model's own VAE (faithful; its forward + backward costs ~1.1x a CFG UNet step at 128x128,
+more at 512x512). `tiny`: TAESD, diffusers' `AutoencoderTiny` from the hub (~10x cheaper than the VAE).
+`linear`: a fixed 4x3 latent-to-RGB map (free, coarse, at latent resolution). PATH: a local
+AutoencoderTiny folder. Decoders are built once per model (benchmarks/RESULTS.md has the figures).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ WIDTHS_HELP = "768 fits SD 1.x, 1024 SD 2.x, 768+1280 (clip_l+clip_g) SDXL"
 class Embedding:
     """Vectors of one concept, whatever file they came from."""
 
-    format: str                        # sd-concepts | diffusers | a1111 | textual-inversion | emb_params | sdxl | tensor
+    format: str                        # sd-concepts|diffusers|a1111|textual-inversion|emb_params|sdxl|tensor
     container: str                     # safetensors | torch | torch (allow-list unpickler) | png
     own_token: str | None              # the token stored in the file, if it has one
     vectors: dict[str, torch.Tensor]   # encoder -> float32 [n_vectors, width]: {TEXT: ...} or clip_l + clip_g

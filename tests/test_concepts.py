@@ -43,8 +43,8 @@ def vectors(n: int, width: int, seed: int = 0) -> torch.Tensor:
 def snapshot(model) -> tuple:
     """Everything a failed load must leave as it was."""
     tok = model.pipe.tokenizer
-    return (len(tok), dict(tok.get_added_vocab()), model.pipe.text_encoder.get_input_embeddings().weight.detach().clone(),
-            dict(model.concepts))
+    weight = model.pipe.text_encoder.get_input_embeddings().weight
+    return len(tok), dict(tok.get_added_vocab()), weight.detach().clone(), dict(model.concepts)
 
 
 def assert_unchanged(model, before: tuple) -> None:
@@ -301,8 +301,8 @@ def test_synthetic_errors(tmp_path, tiny):
         path.write_bytes(data)
         with pytest.raises(BadInput, match=words):
             add_concept(tiny, str(path))
-    bad = {"many keys": {"a": torch.zeros(32), "b": torch.zeros(32)}, "ints": {"<i>": torch.zeros(32, dtype=torch.long)},
-           "nan": {"<n>": torch.full((32,), float("nan"))}, "3-d": {"<d>": torch.zeros(1, 1, 32)}}
+    bad = {"many keys": {"a": torch.zeros(32), "b": torch.zeros(32)}, "nan": {"<n>": torch.full((32,), float("nan"))},
+           "ints": {"<i>": torch.zeros(32, dtype=torch.long)}, "3-d": {"<d>": torch.zeros(1, 1, 32)}}
     for name, obj in bad.items():
         with pytest.raises(BadInput):
             add_concept(tiny, save_pt(tmp_path / f"{name}.pt", obj))
@@ -470,6 +470,39 @@ def test_hub_not_cached_and_offline(hf_cache, tiny, capsys):
         add_concept(tiny, "sd-concepts-library/not-downloaded")
     assert_unchanged(tiny, before)
     assert "offline" in cli_error(capsys, ["concepts", "inspect", "sd-concepts-library/not-downloaded"])
+
+
+def _hub_error(kind: str):
+    """A stand-in for huggingface_hub.hf_hub_download that fails as the online hub would."""
+    import httpx2
+    from huggingface_hub import errors
+
+    response = httpx2.Response(404, request=httpx2.Request("GET", "https://huggingface.co/x"))
+    exc = {"no repo": errors.RepositoryNotFoundError("Repository Not Found", response=response),
+           "no file": errors.RemoteEntryNotFoundError("Entry Not Found", response=response),
+           "network": ConnectionError("connection reset")}[kind]
+
+    def download(repo_id, filename, **_):
+        raise exc
+    return download
+
+
+@pytest.mark.parametrize("kind,words", [("no repo", "no such hub repo"), ("no file", "has no learned_embeds"),
+                                        ("network", "unreachable")])
+def test_hub_failures_online(monkeypatch, tiny, capsys, kind, words):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _hub_error(kind))
+    before = snapshot(tiny)
+    with pytest.raises(BadInput, match=words):
+        add_concept(tiny, "sd-concepts-library/some-style")
+    assert_unchanged(tiny, before)
+    assert words in cli_error(capsys, ["concepts", "inspect", "sd-concepts-library/some-style"])
+
+
+def test_bare_tensor_takes_the_file_name(tmp_path):
+    c = read_concept(save_pt(tmp_path / "my-tensor.pt", vectors(3, 32)))
+    assert (c.embedding.format, c.token, c.token_origin, c.embedding.n_vectors) == ("tensor", "my-tensor", "file name", 3)
 
 
 def test_inspect_subprocess_reads_the_hub_cache_from_the_environment(shared_fixtures, tmp_path):

@@ -62,6 +62,16 @@ SD2 = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core box OpenMP spinning made each render
+    ~50x slower; restored afterwards for the other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Setup:
     """Our model, and diffusers reference pipelines holding every case's file, for one tiny model folder."""
 

@@ -10,7 +10,7 @@ import sys
 def register(sub) -> None:
     p = sub.add_parser("concepts", help="textual-inversion concepts (hub ids, files, folders)")
     # the nested parser uses the same class as ours: a usage error stays one line with exit code 2
-    actions = p.add_subparsers(dest="concepts_command", required=True, parser_class=type(p))
+    actions = p.add_subparsers(dest="concepts_command", metavar="ACTION", required=True, parser_class=type(p))
     inspect = actions.add_parser("inspect", help="print a concept's format, token(s), vectors and width as JSON")
     inspect.add_argument("source", metavar="SRC",
                          help="hub id (sd-concepts-library/NAME), .bin/.pt/.safetensors/.png file, or folder")
