@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         sys.stderr.write(f"sd-styles: error: {err}\n".replace("\n", " ").rstrip() + "\n")
         return err.exit_code
+    except BrokenPipeError:  # e.g. `sd-styles info X | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("sd-styles: interrupted\n")
         return 130

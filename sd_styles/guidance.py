@@ -56,7 +56,20 @@ def make_guided_denoiser(denoise: Denoiser, scheduler, guidance: Guidance, steps
         grad, values = loss_gradient(scheduler, latents, out, i, t, decoder, terms)
         for k, v in enumerate(values.cpu().tolist()):
             history[k].append(v)
-        moved = latents.float() - grad * guidance_step_size(scheduler, i, t)
-        return moved.to(latents.dtype), out
+        move = grad * guidance_step_size(scheduler, i, t)
+        _move_pndm_stored_sample(scheduler, move)
+        return (latents.float() - move).to(latents.dtype), out
 
     return guided
+
+
+def _move_pndm_stored_sample(scheduler, move: torch.Tensor) -> None:
+    """PNDM's second call redoes its first step from the sample it stored then, ignoring the latents passed in.
+
+    Its PLMS warm-up is a two-call Heun step (timesteps t0, t1, t1, ...): at counter 1 `step` starts
+    again from `cur_sample`, so the guidance move must land there too, or that step's guidance is lost.
+    """
+    stored = getattr(scheduler, "cur_sample", None)
+    plms = getattr(scheduler.config, "skip_prk_steps", False)   # sd_styles' "pndm" always skips the PRK steps
+    if plms and getattr(scheduler, "counter", None) == 1 and isinstance(stored, torch.Tensor):
+        scheduler.cur_sample = (stored.float() - move).to(stored.dtype)

@@ -105,6 +105,18 @@ def test_guidance_touches_exactly_the_chosen_steps(tiny_model, monkeypatch, ever
     assert not torch.equal(plain_latents[first], guided_latents[first])
 
 
+@pytest.mark.parametrize("scheduler", ["lms", "euler", "euler-a", "ddim", "pndm", "dpm++2m"])
+def test_guiding_a_single_step_changes_the_image_with_every_scheduler(tiny_model, scheduler):
+    """Each guided step takes effect: PNDM's second call restarts from a stored sample, which must move too."""
+    base = make_recipe(tiny_model, "a cat", seed=0, steps=5, scheduler=scheduler)
+    [plain_res] = render(tiny_model, [base], progress=False)
+    for start, end in ((0.0, 0.2), (0.2, 0.4)):                       # step 0 only, step 1 only
+        g = guided(LossTerm("blue", 6000.0), start=start, end=end)
+        [res] = render(tiny_model, [make_recipe(tiny_model, "a cat", seed=0, steps=5, scheduler=scheduler,
+                                                guidance=g)], progress=False)
+        assert len(res.loss_history) == 1 and pixel_diff(res.image, plain_res.image) > 2, (scheduler, start)
+
+
 def test_wrapper_moves_latents_only_on_guided_steps_and_by_grad_times_sigma_squared(tiny_model):
     scheduler = make_scheduler("lms", tiny_model.pipe.scheduler.config)
     scheduler.set_timesteps(6)
