@@ -86,7 +86,8 @@ def bench_speed(args) -> None:
     t0 = time.perf_counter()
     model = build_model(CONFIGS, args.device, dtype)
     taesd = save_random_taesd(CONFIGS, Path(tempfile.mkdtemp(prefix="bench-taesd-")) / "taesd")
-    print(f"# built SD1.5-size random model in {time.perf_counter() - t0:.1f}s; torch threads {torch.get_num_threads()}",
+    print(f"# built SD1.5-size random model in {time.perf_counter() - t0:.1f}s; "
+          f"torch threads {torch.get_num_threads()}",
           file=sys.stderr)
     recipes = {}
     for label, decoder, every in CASES:
@@ -137,7 +138,8 @@ def bench_components(args, model, taesd: Path) -> None:
     for name in ("vae", str(taesd), "linear"):
         label = "tiny" if name == str(taesd) else name
         dec = make_decoder(model, name)
-        jobs[f"gradient via {label}"] = (lambda d: lambda: loss_gradient(scheduler, x, eps, 1, t, d, [(blue_loss, 200.0)]))(dec)
+        jobs[f"gradient via {label}"] = (
+            lambda d: lambda: loss_gradient(scheduler, x, eps, 1, t, d, [(blue_loss, 200.0)]))(dec)
     best = {k: float("inf") for k in jobs}
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for _ in range(args.component_repeats):
@@ -249,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--cfg", type=float, default=7.5)
     p.add_argument("--scheduler", default="lms")
-    p.add_argument("--repeats", type=int, default=1, help="interleaved end-to-end rounds; the median is reported (0: components only)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="interleaved end-to-end rounds; the median is reported (0: components only)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
     p.add_argument("--components", action=argparse.BooleanOptionalAction, default=True,

@@ -7,14 +7,13 @@ encoder is touched, and reloading / swapping concepts in one session without the
 
 Only public APIs change the model: `tokenizer.add_tokens`, `text_encoder.resize_token_embeddings` and
 `get_input_embeddings()`. A tokenizer cannot forget an added token, so vocabulary slots we added are
-remembered per tokenizer and reused when the same token is loaded again; a removed concept's slots
+remembered on the model (`model.token_slots`) and reused when the same token is loaded again; a removed concept's slots
 keep their ids but get zero vectors. Tokens match prompts exactly as written (case included).
 """
 
 from __future__ import annotations
 
 import hashlib
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
     from .models import StyleModel
 
 GROW_BY = 64  # the embedding matrix grows in blocks of this many rows
-# tokenizer -> {vocabulary token we added: its id}; weak so a dropped model frees its entry
-_SLOTS: "weakref.WeakKeyDictionary[object, dict[str, int]]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -130,7 +127,7 @@ def _check(model: StyleModel, files: list[ConceptFile]) -> None:
     seen = [f.token for f in files]
     if len(set(seen)) < len(seen):
         raise BadInput(f"two concepts want the same token ({', '.join(seen)}); give each its own token")
-    slots = _SLOTS.get(tokenizer, {})
+    slots = model.token_slots
     added = {t.content for t in tokenizer.added_tokens_decoder.values() if not t.special}
     base = set(tokenizer.get_vocab()) - added
     for f in files:
@@ -171,7 +168,7 @@ def _check_vocabulary_use(model: StyleModel, files: list[ConceptFile], vocab: se
 def _install(model: StyleModel, f: ConceptFile) -> LoadedConcept:
     """Write the vectors: reuse this tokenizer's slots for known tokens, add (and grow) for new ones."""
     tokenizer, text_encoder = model.pipe.tokenizer, model.pipe.text_encoder
-    slots = _SLOTS.setdefault(tokenizer, {})
+    slots = model.token_slots
     new = [v for v in f.vocab_tokens if v not in slots]
     if new:
         rows = text_encoder.get_input_embeddings().num_embeddings

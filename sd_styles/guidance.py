@@ -21,7 +21,7 @@ Decoder = Callable[[torch.Tensor], torch.Tensor]       # raw latents (N, 4, h, w
 
 
 def cell_losses(images: torch.Tensor, terms: list[tuple[Loss, float]]) -> torch.Tensor:
-    """Weighted loss of each cell (B,), sum_j scale_j * loss_j(x_k), computed cell by cell so batching never mixes cells."""
+    """Weighted loss of each cell (B,): sum_j scale_j * loss_j(x_k), cell by cell so batching never mixes cells."""
     per_cell = [sum(scale * loss(images[k:k + 1]) for loss, scale in terms) for k in range(images.shape[0])]
     return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=images.device).reshape(()) for v in per_cell])
 

@@ -68,7 +68,8 @@ def parse_color(text: str) -> tuple[float, float, float]:
             raise ValueError(text)
         return tuple(v / 255 for v in ImageColor.getrgb(text.strip())[:3])  # type: ignore[return-value]
     except ValueError:
-        raise BadInput(f"color loss: cannot read colour {text!r}; use #rrggbb, a CSS name, or r,g,b in [0, 1]") from None
+        raise BadInput(f"color loss: cannot read colour {text!r}; use #rrggbb, a CSS name, "
+                       "or r,g,b in [0, 1]") from None
 
 
 def warm_loss(images: torch.Tensor) -> torch.Tensor:
@@ -108,7 +109,8 @@ def soft_edges(images: torch.Tensor, low: float = 0.1, high: float = 0.2, width:
     blur = torch.tensor([1.0, 2.0, 1.0], dtype=gray.dtype, device=gray.device)
     blur = (blur[:, None] * blur[None, :] / 16).view(1, 1, 3, 3)
     gray = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), blur)
-    sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=gray.dtype, device=gray.device) / 4
+    sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=gray.dtype,
+                           device=gray.device) / 4
     kernels = torch.stack([sobel_x, sobel_x.t()]).unsqueeze(1)         # (2, 1, 3, 3): d/dx, d/dy
     g = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kernels)
     magnitude = (g.square().sum(1, keepdim=True) + 1e-8).sqrt()         # eps: sqrt is not differentiable at 0

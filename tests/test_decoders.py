@@ -33,9 +33,19 @@ def taesd_dir(tmp_path_factory, shared_fixtures):
     return folder
 
 
-def test_check_decoder_accepts_names_and_taesd_folders(taesd_dir):
+def test_check_decoder_accepts_names_and_taesd_folders(taesd_dir, monkeypatch):
+    monkeypatch.setattr(decoders, "_offline_without_taesd", lambda: False)
     for name in ("vae", "tiny", "linear", str(taesd_dir)):
         assert check_decoder(name) == name
+
+
+def test_check_decoder_tiny_offline_and_uncached_fails_before_weights_load(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(decoders, "TAESD_REPOS", {"sd": "sd-styles-test/no-such-taesd", "sdxl": "x/y"})
+    with pytest.raises(BadInput, match="not cached and the hub is offline"):
+        check_decoder("tiny")
 
 
 def test_check_decoder_rejects_early(tmp_path, tiny_dir):
@@ -80,6 +90,7 @@ def test_local_taesd_folder_decoder_is_loaded_once_per_model(tiny_model, taesd_d
 
 def test_tiny_from_the_hub_offline_is_one_line_bad_input(tiny_model, monkeypatch):
     monkeypatch.setattr(decoders, "TAESD_REPOS", {"sd": "sd-styles-test/no-such-taesd", "sdxl": "x/y"})
+    monkeypatch.setattr(decoders, "_offline_without_taesd", lambda: False)   # reach the load itself
     vars(tiny_model).pop("_loss_decoders", None)
     with pytest.raises(BadInput) as err:
         make_decoder(tiny_model, "tiny")

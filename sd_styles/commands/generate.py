@@ -50,7 +50,7 @@ def guidance_from_args(args) -> "Guidance | None":
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..concepts import add_concepts
+    from ..concepts import add_concepts, read_concept
     from ..errors import BadInput
     from ..metadata import cell_filename, save_png
     from ..models import load_model
@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.token and len(args.concept) != 1:
         raise BadInput("--token needs exactly one --concept")
     guidance = guidance_from_args(args)  # validate everything cheap before loading weights
+    for source in args.concept:
+        read_concept(source, args.token)  # a missing or broken concept fails before the model loads
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     add_concepts(model, args.concept, token=args.token)
     extra = {"width": args.size[0], "height": args.size[1]} if args.size else {}
