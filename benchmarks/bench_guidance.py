@@ -7,7 +7,7 @@
 UNet, VAE and text encoder are built with `from_config` from the SD 1.5 configs in
 ../shared/fixtures/configs (random init), TAESD from configs/taesd and saved to a temporary folder,
 which is passed as `--loss-decoder PATH` (the code path of `tiny` after its download). Every
-configuration renders the same recipe through `sd_styles.render`; rounds are interleaved so a busy
+configuration renders the same recipe through `sd_styles.rendering`; rounds are interleaved so a busy
 machine slows all of them alike, and the median of the rounds is reported, as wall time and as
 process CPU time (the steadier of the two on a shared machine).
 
@@ -68,7 +68,7 @@ def save_random_taesd(configs: Path, folder: Path) -> Path:
 
 def time_render(model, recipe) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one render."""
-    from sd_styles.render import render
+    from sd_styles.rendering import render
 
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     sync()
@@ -80,7 +80,7 @@ def time_render(model, recipe) -> tuple[float, float]:
 
 def bench_speed(args) -> None:
     from sd_styles.recipe import Guidance, LossTerm
-    from sd_styles.render import make_recipe
+    from sd_styles.rendering import make_recipe
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
     t0 = time.perf_counter()
@@ -166,7 +166,7 @@ def model_step_warmup(model, recipe) -> None:
     """One-step render of the same configuration, untimed."""
     from dataclasses import replace
 
-    from sd_styles.render import render
+    from sd_styles.rendering import render
 
     render(model, [replace(recipe, steps=1)], progress=False)
 

@@ -17,7 +17,7 @@ _EXPORTS = {
     "BadInput": "errors", "RuntimeFailure": "errors", "SdStylesError": "errors",
     "DEFAULT_MODEL": "models", "StyleModel": "models", "load_model": "models",
     "ConceptRef": "recipe", "Guidance": "recipe", "LossTerm": "recipe", "Recipe": "recipe",
-    "Result": "render", "make_recipe": "render", "render": "render",
+    "Result": "rendering", "make_recipe": "rendering", "render": "rendering",
 }
 __all__ = list(_EXPORTS)
 

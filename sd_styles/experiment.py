@@ -165,7 +165,7 @@ def load_styles(model, exp: Experiment, *, progress: bool = True) -> list[str]:
 
 def plan_cells(model, exp: Experiment, kinds: Sequence[str] | None = None) -> list[Cell]:
     """The cells of `exp` for `model` (its styles already loaded): plain row first, then guided."""
-    from .render import make_recipe
+    from .rendering import make_recipe
 
     kinds = tuple(kinds or exp.kinds)
     for kind in kinds:

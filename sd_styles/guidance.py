@@ -41,11 +41,14 @@ def loss_gradient(scheduler, latents: torch.Tensor, out: torch.Tensor, i: int, t
 
 
 def make_guided_denoiser(denoise: Denoiser, scheduler, guidance: Guidance, steps: int, decoder: Decoder,
-                         terms: list[tuple[Loss, float]], history: list[list[float]]) -> Denoiser:
+                         terms: list[tuple[Loss, float]], history: list[list[float]],
+                         chunk: int | None = None) -> Denoiser:
     """Wrap `denoise` so guided steps move the latents down the gradient of the summed losses.
 
     `history[k]` receives cell k's weighted loss at every guided step (measured on the decoded x0).
-    Terms with scale 0 are dropped: they cannot move the latents.
+    Terms with scale 0 are dropped: they cannot move the latents. The decoder sees `chunk` cells at a
+    time (default: all): one cell per call keeps batched cells bit-identical to cells rendered alone,
+    and bounds the decoder's backward memory to one image.
     """
     terms = [(loss, float(scale)) for loss, scale in terms if scale != 0]
 
@@ -53,7 +56,9 @@ def make_guided_denoiser(denoise: Denoiser, scheduler, guidance: Guidance, steps
         latents, out = denoise(latents, i, t)
         if not terms or not guidance.active(i, steps):
             return latents, out
-        grad, values = loss_gradient(scheduler, latents, out, i, t, decoder, terms)
+        n = chunk or latents.shape[0]
+        parts = [loss_gradient(scheduler, x, o, i, t, decoder, terms) for x, o in zip(latents.split(n), out.split(n))]
+        grad, values = torch.cat([g for g, _ in parts]), torch.cat([v for _, v in parts])
         for k, v in enumerate(values.cpu().tolist()):
             history[k].append(v)
         move = grad * guidance_step_size(scheduler, i, t)

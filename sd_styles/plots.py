@@ -25,7 +25,7 @@ def plot_loss_history(results: Sequence, ax=None, *, labels: Sequence[str] | Non
                       title: str | None = None):
     """Loss vs sampling step, one line per guided result (plain results are skipped); returns the Axes.
 
-    `results` are `sd_styles.render.Result`s (or anything with `.loss_history` and `.recipe`);
+    `results` are `sd_styles.rendering.Result`s (or anything with `.loss_history` and `.recipe`);
     `labels` overrides the legend entries; `log` puts the loss on a log scale.
     """
     import matplotlib.pyplot as plt

@@ -88,8 +88,11 @@ class Recipe:
         return self.guidance is not None and any(t.scale != 0 for t in self.guidance.losses)
 
     def batch_key(self) -> tuple:
-        """Cells with equal keys can share one batch (prompt, negative prompt and seed may differ)."""
-        return (self.width, self.height, self.steps, self.cfg, self.scheduler, self.model, self.guidance)
+        """Cells with equal keys can share one batch (prompt, negative prompt and seed may differ).
+
+        A guidance whose scales are all 0 does nothing, so such a cell batches with the plain ones."""
+        guidance = self.guidance if self.guided else None
+        return (self.width, self.height, self.steps, self.cfg, self.scheduler, self.model, guidance)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -9,7 +9,7 @@ from .concepts import add_concept
 from .losses import check_loss
 from .models import StyleModel, load_model
 from .recipe import Recipe
-from .render import Result, render
+from .rendering import Result, render
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -25,9 +25,6 @@ log = logging.getLogger(__name__)
 
 OnWritten = Callable[[Path], None]
 MANIFEST_FORMAT = 1
-# Guided cells backpropagate through the loss decoder, and with the full VAE at 512x512 that memory
-# grows with every cell in the batch: one at a time fits the 16 GB floor (raise it with --guided-batch-size).
-GUIDED_BATCH_SIZE = 1
 
 
 @dataclass
@@ -42,7 +39,7 @@ class CellResult:
 
     @property
     def recipe(self) -> Recipe:
-        """The cell's recipe (as `render.Result.recipe`, so plots and exports take either)."""
+        """The cell's recipe (as `rendering.Result.recipe`, so plots and exports take either)."""
         return self.cell.recipe
 
     @property
@@ -83,33 +80,26 @@ def finished_cell(path: Path, cell: Cell) -> CellResult | None:
     return CellResult(cell, image, list(doc.get("loss_history", [])), path, rendered=False)
 
 
-def _batch_key(recipe: Recipe) -> tuple:
-    # the grouping render() uses: plain cells share a batch whatever their (absent) loss
-    return recipe.batch_key() if recipe.guided else replace(recipe, guidance=None).batch_key()
-
-
-def _batches(cells: Sequence[tuple[int, Cell]], batch_size: int,
-             guided_batch_size: int) -> Iterator[list[tuple[int, Cell]]]:
+def _batches(cells: Sequence[tuple[int, Cell]], batch_size: int) -> Iterator[list[tuple[int, Cell]]]:
     """(index, cell) pairs grouped as render() batches them, in order, at most batch_size per batch."""
     groups: dict[tuple, list[tuple[int, Cell]]] = {}
     for item in cells:
-        groups.setdefault(_batch_key(item[1].recipe), []).append(item)
+        groups.setdefault(item[1].recipe.batch_key(), []).append(item)
     for group in groups.values():
-        size = guided_batch_size if group[0][1].recipe.guided else batch_size
-        for start in range(0, len(group), size):
-            yield group[start:start + size]
+        for start in range(0, len(group), batch_size):
+            yield group[start:start + batch_size]
 
 
 def render_cells(model, cells: Sequence[Cell], *, out_dir: str | Path | None = None, batch_size: int = 8,
-                 guided_batch_size: int = GUIDED_BATCH_SIZE, progress: bool = True,
+                 progress: bool = True,
                  on_written: OnWritten | None = None) -> list[CellResult]:
     """Render `cells` in batches; with `out_dir`, skip finished files and save each batch as it completes."""
     from tqdm.auto import tqdm
 
-    from .render import render
+    from .rendering import render
 
-    if batch_size < 1 or guided_batch_size < 1:
-        raise BadInput(f"batch sizes must be >= 1, got {batch_size} and {guided_batch_size} (guided)")
+    if batch_size < 1:
+        raise BadInput(f"batch size must be >= 1, got {batch_size}")
     folder = Path(out_dir) if out_dir is not None else None
     results: dict[int, CellResult] = {}
     if folder is not None:
@@ -124,7 +114,7 @@ def render_cells(model, cells: Sequence[Cell], *, out_dir: str | Path | None = N
     pending = [(i, c) for i, c in enumerate(cells) if i not in results]
     rendered_with = {"device": str(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
     with tqdm(total=len(pending), desc="cells", unit="cell", disable=not progress or not pending) as bar:
-        for batch in _batches(pending, batch_size, guided_batch_size):
+        for batch in _batches(pending, batch_size):
             rendered = render(model, [c.recipe for _, c in batch], batch_size=len(batch), progress=progress)
             for (i, cell), res in zip(batch, rendered):
                 path = None
@@ -212,7 +202,7 @@ def _relative(path: Path | None, folder: Path) -> str | None:
 
 
 def run_experiment(exp: Experiment, *, out: str | Path = "outputs", model=None, device: str = "auto",
-                   dtype: str = "auto", batch_size: int = 8, guided_batch_size: int = GUIDED_BATCH_SIZE,
+                   dtype: str = "auto", batch_size: int = 8,
                    progress: bool = True, export_format: str = "jpeg",
                    on_written: OnWritten | None = None) -> RunReport:
     """Load (unless `model` is given), render every cell with resume, then grid, export and manifest."""
@@ -230,7 +220,6 @@ def run_experiment(exp: Experiment, *, out: str | Path = "outputs", model=None, 
     load_styles(model, exp, progress=progress)
     folder = Path(out) / exp.name
     results = render_cells(model, plan_cells(model, exp), out_dir=folder, batch_size=batch_size,
-                           guided_batch_size=guided_batch_size,
                            progress=progress, on_written=emit)
     grid, export, manifest = export_run(exp, results, out, export_format=export_format, on_written=emit)
     return RunReport(folder, results, grid, manifest, export, written)

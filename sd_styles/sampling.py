@@ -49,18 +49,25 @@ def uses_cfg(pipe, cfg: float) -> bool:
     return cfg > 1 and pipe.unet.config.time_cond_proj_dim is None
 
 
-def make_denoiser(unet, scheduler, embeds: torch.Tensor, cfg: float, do_cfg: bool) -> Denoiser:
-    """eps = eps_u + cfg * (eps_c - eps_u), the UNet under no-grad."""
+def make_denoiser(unet, scheduler, embeds: list[torch.Tensor], cfg: float, do_cfg: bool) -> Denoiser:
+    """eps = eps_u + cfg * (eps_c - eps_u), the UNet under no-grad, one call per chunk of cells.
+
+    `embeds[j]` holds chunk j's text embeddings ([negatives; prompts] with CFG). With one cell per chunk
+    every UNet call has the shapes of a cell rendered alone, so batching cannot change a single bit.
+    """
+    sizes = [e.shape[0] // (2 if do_cfg else 1) for e in embeds]
 
     def denoise(latents, i, t):
-        x_in = torch.cat([latents] * 2) if do_cfg else latents  # (2B, 4, h, w)
-        x_in = scheduler.scale_model_input(x_in, t)
-        with torch.no_grad():
-            out = unet(x_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
-        if do_cfg:
-            uncond, cond = out.chunk(2)
-            out = uncond + cfg * (cond - uncond)
-        return latents, out
+        outs = []
+        for x, e in zip(latents.split(sizes), embeds):  # x: (n, 4, h, w)
+            x_in = scheduler.scale_model_input(torch.cat([x] * 2) if do_cfg else x, t)
+            with torch.no_grad():
+                out = unet(x_in, t, encoder_hidden_states=e, return_dict=False)[0]
+            if do_cfg:
+                uncond, cond = out.chunk(2)
+                out = uncond + cfg * (cond - uncond)
+            outs.append(out)
+        return latents, torch.cat(outs)
 
     return denoise
 
@@ -118,10 +125,11 @@ def sample(denoise: Denoiser, scheduler, latents: torch.Tensor, generators: list
     return latents
 
 
-def decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Raw latents -> images (B, 3, H, W) in [0, 1]."""
-    z = latents.to(vae.dtype) / vae.config.scaling_factor
-    return (vae.decode(z, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)
+def decode(vae, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """Raw latents -> images (B, 3, H, W) in [0, 1], `chunk` latents per VAE call (default: all)."""
+    parts = latents.split(chunk or latents.shape[0])
+    z = [p.to(vae.dtype) / vae.config.scaling_factor for p in parts]
+    return torch.cat([(vae.decode(p, return_dict=False)[0] / 2 + 0.5).clamp(0, 1) for p in z])
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

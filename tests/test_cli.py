@@ -78,7 +78,7 @@ def test_generate_tiny_writes_png_and_prints_only_its_path(tmp_path):
 def test_generate_several_seeds_one_file_each_and_same_pixels_as_api(tmp_path, tiny_model, tiny_dir):
     from helpers import pixel_diff
 
-    from sd_styles.render import make_recipe, render
+    from sd_styles.rendering import make_recipe, render
 
     proc = run_cli("generate", "a red fox", "--model", str(tiny_dir), "--seed", "3", "--seed", "4",
                    "--steps", "3", "--scheduler", "euler-a", "--negative", "blurry", "--out", str(tmp_path))

@@ -7,7 +7,6 @@ The diffusers pixel equivalence of every real sample is in test_concepts_render.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import pickle
@@ -370,7 +369,7 @@ def test_reload_and_swap_reuse_slots(tmp_path, tiny):
 
 
 def test_remove_makes_the_token_carry_nothing(tmp_path, tiny):
-    from sd_styles.render import make_recipe
+    from sd_styles.rendering import make_recipe
 
     c = add_concept(tiny, save_pt(tmp_path / "r.pt", {"<gone>": vectors(1, 32, seed=5)[0]}))
     assert make_recipe(tiny, "a <gone> cat", steps=1).concepts[0].sha256 == c.sha256

@@ -20,7 +20,7 @@ import torch
 from helpers import pixel_diff
 
 from sd_styles.concepts import add_concept, remove_concept
-from sd_styles.render import make_recipe, render
+from sd_styles.rendering import make_recipe, render
 
 PROMPT = "a cat in the style of {}"
 SEED, STEPS, SIZE = 7, 2, 64

@@ -14,7 +14,7 @@ from sd_styles.decoders import (SD1_LATENT_RGB, SDXL_LATENT_RGB, SDXL_LATENT_RGB
                                 make_decoder, straight_through_clamp, taesd_decoder, vae_decoder)
 from sd_styles.errors import BadInput
 from sd_styles.recipe import Guidance, LossTerm
-from sd_styles.render import make_recipe, render
+from sd_styles.rendering import make_recipe, render
 
 
 @pytest.fixture(scope="module")

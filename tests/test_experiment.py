@@ -151,8 +151,7 @@ def test_five_styles_file_is_the_classic_assignment():
 def five_run(tiny_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("five")
     toml = write_experiment(folder, tiny_dir, write_styles(folder), SEEDS)
-    # guided cells are batched too here (the default renders them one by one to bound GPU memory)
-    code, lines = run_cli("run", str(toml), "--out", str(folder / "out"), "--guided-batch-size", "5")
+    code, lines = run_cli("run", str(toml), "--out", str(folder / "out"))
     assert code == 0
     return SimpleNamespace(toml=toml, out=folder / "out", cells=folder / "out" / "five", stdout=lines)
 

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 
 from sd_styles.plots import plot_loss_history  # noqa: E402
 from sd_styles.recipe import Guidance, LossTerm  # noqa: E402
-from sd_styles.render import make_recipe, render  # noqa: E402
+from sd_styles.rendering import make_recipe, render  # noqa: E402
 
 
 def test_plot_loss_history_draws_each_guided_cell(tiny_model, tmp_path):

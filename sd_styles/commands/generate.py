@@ -37,7 +37,8 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def guidance_from_args(args) -> "Guidance | None":
+def guidance_from_args(args):
+    """The --loss* options as a checked Guidance (None without --loss)."""
     from ..decoders import check_decoder
     from ..losses import check_loss, parse_loss_spec
     from ..recipe import Guidance, check_guidance
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import BadInput
     from ..metadata import cell_filename, save_png
     from ..models import load_model
-    from ..render import make_recipe, render
+    from ..rendering import make_recipe, render
 
     if args.token and len(args.concept) != 1:
         raise BadInput("--token needs exactly one --concept")

@@ -21,9 +21,8 @@ def register(sub) -> None:
     add_model_options(p, default_model=None)
     p.add_argument("--seeds", type=seed_list, metavar="A,B,C,...", help="one seed per style, replacing the file's")
     p.add_argument("--out", default="outputs", help="output folder; files go to OUT/NAME/ (default outputs/)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="plain cells rendered together (default 8)")
-    p.add_argument("--guided-batch-size", type=positive_int, default=1,
-                   help="guided cells rendered together (default 1: the loss's backward pass needs memory per cell)")
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="cells sharing one denoising loop (default 8; each model call still sees one cell)")
     p.add_argument("--export-format", default="jpeg", choices=["jpeg", "webp"], help="blog copies (default jpeg)")
     p.set_defaults(func=run)
 
@@ -41,6 +40,5 @@ def run(args: argparse.Namespace) -> int:
         exp = replace(exp, model=args.model)
     # each path is printed as soon as it is written: a caller sees finished cells even if the run dies
     run_experiment(exp, out=args.out, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                   guided_batch_size=args.guided_batch_size,
                    export_format=args.export_format, on_written=lambda path: print_paths([path]))
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -38,46 +38,55 @@ def make_recipe(model: StyleModel, prompt: str, **settings) -> Recipe:
     return Recipe(prompt=prompt, model=model.source, model_revision=model.revision, **settings).check()
 
 
-def render(model: StyleModel, recipes: Sequence[Recipe], *, batch_size: int = 8,
+def render(model: StyleModel, recipes: Sequence[Recipe], *, batch_size: int = 8, fused: bool = False,
            callback: StepCallback | None = None, progress: bool = True) -> list[Result]:
-    """Render every recipe; cells sharing settings run as one batch (same pixels as one by one)."""
+    """Render every recipe; cells sharing settings run through one denoising loop, `batch_size` at a time.
+
+    By default each model call still sees one cell, so a cell's pixels are bit-identical whether it is
+    rendered alone or in a batch (a recipe is a contract). `fused=True` stacks a batch into single UNet /
+    VAE calls: faster on a GPU, but float rounding then depends on the batch (at most 1/255 per pixel).
+    """
     if batch_size < 1:
         raise BadInput(f"batch_size must be >= 1, got {batch_size}")
     for r in recipes:
         r.check()
     groups: dict[tuple, list[int]] = {}
     for idx, r in enumerate(recipes):
-        key = r.batch_key() if r.guided else replace(r, guidance=None).batch_key()
-        groups.setdefault(key, []).append(idx)
+        groups.setdefault(r.batch_key(), []).append(idx)
     results: list[Result | None] = [None] * len(recipes)
     n = len(recipes)
     for indices in groups.values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             desc = f"cells {', '.join(str(i + 1) for i in chunk)} of {n}"
-            for idx, res in zip(chunk, render_batch(model, [recipes[i] for i in chunk], callback, progress, desc)):
+            cells = [recipes[i] for i in chunk]
+            for idx, res in zip(chunk, render_batch(model, cells, callback, progress, desc, fused)):
                 results[idx] = res
     return results  # type: ignore[return-value]
 
 
 def render_batch(model: StyleModel, cells: list[Recipe], callback: StepCallback | None = None,
-                 progress: bool = True, desc: str = "denoising") -> list[Result]:
-    """Render cells that share size, steps, cfg, scheduler and guidance as one batch."""
+                 progress: bool = True, desc: str = "denoising", fused: bool = False) -> list[Result]:
+    """Render cells that share size, steps, cfg, scheduler and guidance through one loop."""
     first = cells[0]
+    n = len(cells) if fused else 1  # cells per model call
     pipe, device = model.pipe, model.device
     scheduler = make_scheduler(first.scheduler, pipe.scheduler.config)
     scheduler.set_timesteps(first.steps, device=device)
     do_cfg = uses_cfg(pipe, first.cfg)
-    embeds = encode_prompts(pipe, [c.prompt for c in cells], [c.negative_prompt for c in cells], do_cfg, device)
+    embeds = [encode_prompts(pipe, [c.prompt for c in part], [c.negative_prompt for c in part], do_cfg, device)
+              for part in (cells[k:k + n] for k in range(0, len(cells), n))]
     generators = [torch.Generator("cpu").manual_seed(c.seed) for c in cells]
-    latents = initial_latents(pipe, scheduler, generators, first.width, first.height, embeds.dtype, device)
+    latents = initial_latents(pipe, scheduler, generators, first.width, first.height, embeds[0].dtype, device)
     denoise = make_denoiser(pipe.unet, scheduler, embeds, first.cfg, do_cfg)
     history: list[list[float]] = [[] for _ in cells]
     if first.guided:
         g = first.guidance
         terms = [(resolve_loss(t), float(t.scale)) for t in g.losses]
-        denoise = make_guided_denoiser(denoise, scheduler, g, first.steps, make_decoder(model, g.decoder), terms, history)
+        steps = len(scheduler.timesteps)  # PNDM runs one more step than asked: guide the whole schedule
+        denoise = make_guided_denoiser(denoise, scheduler, g, steps, make_decoder(model, g.decoder), terms, history,
+                                       chunk=n)
     with torch.no_grad():
         latents = sample(denoise, scheduler, latents, generators, callback=callback, desc=desc, progress=progress)
-        images = decode(pipe.vae, latents)
+        images = decode(pipe.vae, latents, chunk=n)
     return [Result(img, cell, hist) for img, cell, hist in zip(to_pil(images), cells, history)]
