@@ -18,6 +18,14 @@ _EXPORTS = {
     "DEFAULT_MODEL": "models", "StyleModel": "models", "load_model": "models",
     "ConceptRef": "recipe", "Guidance": "recipe", "LossTerm": "recipe", "Recipe": "recipe",
     "Result": "rendering", "make_recipe": "rendering", "render": "rendering",
+    "add_concept": "concepts", "add_concepts": "concepts", "remove_concept": "concepts", "read_concept": "concepts",
+    "default_styles": "catalog", "find_style": "catalog", "load_catalog": "catalog",
+    "color_loss": "losses", "canny_loss": "losses", "clip_loss": "losses",
+    "plot_loss_history": "plots", "rerun": "reproduce", "read_recipe": "metadata", "save_png": "metadata",
+    "load_experiment": "experiment", "load_styles": "experiment",
+    "pick_styles": "experiment", "with_seeds": "experiment", "plan_cells": "experiment",
+    "render_cells": "runner", "run_experiment": "runner", "results_grid": "grid", "compare": "grid",
+    "export_run": "runner", "render_plain": "runner", "render_guided": "runner",
 }
 __all__ = list(_EXPORTS)
 

@@ -134,7 +134,7 @@ def make_decoder(model, name: str, checkpoint: bool | None = None) -> Decoder:
     check_decoder(name)
     if checkpoint is None:
         checkpoint = model.device.type != "cpu"
-    cache = vars(model).setdefault("_loss_decoders", {})   # per-model, dies with the model
+    cache = model.decoders   # per model: TAESD downloads / loads once, dies with the model
     key = (name, checkpoint)
     if key not in cache:
         cache[key] = _build(model, name, checkpoint)

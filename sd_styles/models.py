@@ -31,6 +31,7 @@ class StyleModel:
     vae_dtype: torch.dtype         # fp32 when the VAE is kept out of fp16 for numerical safety
     concepts: dict = field(default_factory=dict)  # token -> loaded concept, kept by sd_styles.concepts
     token_slots: dict = field(default_factory=dict)  # vocabulary token we added -> its id (reused on reload)
+    decoders: dict = field(default_factory=dict)     # loss-decoder name -> decoder, built once per model
 
     @property
     def native_size(self) -> tuple[int, int]:

@@ -19,8 +19,14 @@ class LossTerm:
     """One creative loss and its weight; `fn` (API only) overrides the lookup of `name`."""
 
     name: str                      # built-in loss name ("blue", "canny", ...) or "module:function"
-    scale: float = 100.0           # multiplies the loss before taking its gradient
+    scale: float | None = None     # multiplies the loss before its gradient; None: the loss's own default
     fn: Callable | None = field(default=None, compare=False, repr=False)  # not serialised
+
+    def __post_init__(self):
+        if self.scale is None:  # resolved now so the recipe records the number actually used
+            from .losses import loss_default_scale
+
+            object.__setattr__(self, "scale", loss_default_scale(self.name))
 
 
 @dataclass(frozen=True)

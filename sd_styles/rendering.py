@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -33,9 +34,15 @@ def make_recipe(model: StyleModel, prompt: str, **settings) -> Recipe:
     settings.setdefault("width", width)
     settings.setdefault("height", height)
     text = prompt + " " + settings.get("negative_prompt", "")
-    refs = tuple(ConceptRef(c.source, c.token, c.sha256) for tok, c in model.concepts.items() if tok in text)
+    refs = tuple(ConceptRef(_portable(c.source), c.token, c.sha256) for tok, c in model.concepts.items() if tok in text)
     settings.setdefault("concepts", refs)
     return Recipe(prompt=prompt, model=model.source, model_revision=model.revision, **settings).check()
+
+
+def _portable(source: str) -> str:
+    """Local concept files are recorded by absolute path, so `rerun` works from any folder."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
 
 
 def render(model: StyleModel, recipes: Sequence[Recipe], *, batch_size: int = 8, fused: bool = False,

@@ -113,7 +113,7 @@ def test_linear_decoder_picks_sdxl_factors_for_sdxl():
     sd = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(addition_embed_type=None)))
     xl = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(addition_embed_type="text_time")))
     assert not decoders.is_sdxl(sd) and decoders.is_sdxl(xl)
-    model = SimpleNamespace(pipe=xl, device=torch.device("cpu"), dtype=torch.float32)
+    model = SimpleNamespace(pipe=xl, device=torch.device("cpu"), dtype=torch.float32, decoders={})
     out = make_decoder(model, "linear")(torch.zeros(1, 4, 1, 1))
     assert torch.allclose(out[0, :, 0, 0], torch.tensor(SDXL_LATENT_RGB_BIAS) / 2 + 0.5)
 

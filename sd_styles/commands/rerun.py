@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..metadata import cell_filename, read_recipe, save_png
-    from ..rerun import rerun
+    from ..reproduce import rerun
 
     recipe = read_recipe(args.image)
     res = rerun(recipe, model=args.model, device=args.device, dtype=args.dtype)
