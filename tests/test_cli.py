@@ -95,3 +95,17 @@ def test_generate_several_seeds_one_file_each_and_same_pixels_as_api(tmp_path, t
 def test_help_and_module_entry_point():
     proc = run_cli("--help")
     assert proc.returncode == 0 and "generate" in proc.stdout
+
+
+def test_missing_concept_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import sd_styles.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model must not load when a concept is missing")
+
+    monkeypatch.setattr(sd_styles.models, "load_model", no_load)
+    code = _exit_code(["generate", "a cat", "--model", "tiny", "--concept", str(tmp_path / "nope.bin"),
+                       "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "nope.bin" in err

@@ -233,3 +233,17 @@ def test_seeds_option_changes_only_the_seeds(one_style):
         recipe = read_recipe(path)
         assert recipe.seed == 777
         assert {**recipe.to_dict(), "seed": 7} == old[recipe.guidance is not None]
+
+
+def test_missing_concept_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import sd_styles.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model must not load when a concept is missing")
+
+    monkeypatch.setattr(sd_styles.models, "load_model", no_load)
+    toml = write_experiment(tmp_path, "tiny", ["missing.pt"], [1], guided=False)
+    code, lines = run_cli("run", str(toml), "--out", str(tmp_path / "out"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines == []
+    assert len(err) == 1 and "missing.pt" in err[0]

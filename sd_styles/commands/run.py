@@ -30,6 +30,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from ..concepts import read_concept
     from ..experiment import load_experiment, with_seeds
     from ..runner import run_experiment
 
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         exp = with_seeds(exp, args.seeds)
     if args.model:
         exp = replace(exp, model=args.model)
+    for style in exp.styles:
+        read_concept(style.concept, style.token)  # a missing or broken concept fails before weights load
     # each path is printed as soon as it is written: a caller sees finished cells even if the run dies
     run_experiment(exp, out=args.out, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                    export_format=args.export_format, on_written=lambda path: print_paths([path]))
