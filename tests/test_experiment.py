@@ -201,7 +201,17 @@ def test_run_again_skips_finished_cells(five_run):
     assert not set(map(Path, lines)) & set(before)  # only grid, export and manifest were written again
 
 
-# --- rerun and --seeds on a one-style experiment (batches of one: rerun renders alone) --------------------
+@pytest.mark.parametrize("kind", ["plain", "guided"])
+def test_rerun_reproduces_a_cell_rendered_in_a_batch_exactly(five_run, tmp_path, kind):
+    """Batched cells go through the model one cell per call, so rendering alone gives the same bits."""
+    [original] = sorted(five_run.cells.glob(f"03-*-{kind}-*.png"))
+    code, lines = run_cli("rerun", str(original), "--out", str(tmp_path))
+    assert code == 0 and len(lines) == 1
+    assert pixel_diff(Image.open(lines[0]), Image.open(original)) == 0
+    assert read_document(lines[0])["loss_history"] == read_document(original)["loss_history"]
+
+
+# --- rerun and --seeds on a one-style experiment ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def one_style(tiny_dir, tmp_path_factory):
