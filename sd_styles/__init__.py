@@ -26,6 +26,8 @@ _EXPORTS = {
     "pick_styles": "experiment", "with_seeds": "experiment", "plan_cells": "experiment",
     "render_cells": "runner", "run_experiment": "runner", "results_grid": "grid", "compare": "grid",
     "export_run": "runner", "render_plain": "runner", "render_guided": "runner",
+    "train": "training", "TrainResult": "training", "TrainConfig": "training_config",
+    "evaluate": "evaluation",
 }
 __all__ = list(_EXPORTS)
 
