@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import build_tiny_scorers
 from PIL import Image
 
 PROMPT = "a photo of <h12-cat> on the beach"
@@ -16,29 +17,7 @@ PROMPT = "a photo of <h12-cat> on the beach"
 @pytest.fixture(scope="module")
 def tiny_scorers(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny random CLIP (with processor) and a tiny random DINO-style ViT, saved as model folders."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, ViTConfig,
-                              ViTImageProcessor, ViTModel)
-
-    from sd_styles.tiny import write_byte_tokenizer
-
-    root = tmp_path_factory.mktemp("scorers")
-    tokenizer = write_byte_tokenizer(root / "tok")
-    torch.manual_seed(0)
-    clip = CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=30, patch_size=6),
-        projection_dim=16))
-    clip.save_pretrained(root / "clip")
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}),
-                  tokenizer=tokenizer).save_pretrained(root / "clip")
-    torch.manual_seed(1)
-    ViTModel(ViTConfig(hidden_size=24, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                       image_size=32, patch_size=8), add_pooling_layer=False).save_pretrained(root / "dino")
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "dino")
-    return root / "clip", root / "dino"
+    return build_tiny_scorers(tmp_path_factory.mktemp("scorers"))
 
 
 def pictures(folder: Path, n: int, seed: int) -> Path:
