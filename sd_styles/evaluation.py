@@ -35,6 +35,10 @@ def clip_t_text(prompt: str, token: str | None = None, replace_with: str | None 
 def _device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cuda", "cpu"):
+        raise BadInput(f"unknown device {device!r}; allowed: auto, cuda, cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda asked for, but torch sees no CUDA GPU; use --device auto or cpu")
     return torch.device(device)
 
 

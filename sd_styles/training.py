@@ -73,6 +73,11 @@ def train(model, images: str | Path, token: str, init_word: str, out: str | Path
     if state is not None:
         check_resumable(state["settings"], meta, checkpoint)
         init = state["vectors"]
+    if token in model.concepts:  # training again in one session (a re-run notebook cell): the new run replaces it
+        from .concepts import remove_concept
+
+        log.warning("replacing the loaded concept %s with the one being trained", token)
+        remove_concept(model, token)
     for module in (model.pipe.unet, model.pipe.vae, model.pipe.text_encoder):
         module.requires_grad_(False)  # only the placeholder vectors learn; no gradients for the weights
     ids = add_placeholder(model, token, config.num_vectors)

@@ -30,10 +30,11 @@ def vocab_tokens(token: str, n: int) -> list[str]:
 
 def check_token(model: StyleModel, token: str, n: int) -> None:
     """The placeholder must be new to the vocabulary (reusing a slot this session added is fine)."""
+    loaded = model.concepts.get(token)
+    if loaded is not None and loaded.n_vectors != n:
+        raise BadInput(f"the loaded concept {token!r} has {loaded.n_vectors} vector(s), not {n}; use another --token")
     if not token or any(c.isspace() for c in token):
         raise BadInput(f"--token must be one word without spaces, e.g. '<my-style>', got {token!r}")
-    if token in model.concepts:
-        raise BadInput(f"a concept with token {token!r} is loaded in this model; remove it or pick another --token")
     tokenizer = model.pipe.tokenizer
     vocab = tokenizer.get_vocab()
     for v in vocab_tokens(token, n):

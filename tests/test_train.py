@@ -235,3 +235,38 @@ def test_bad_input_is_one_line_and_exit_2(tiny_dir, images, tmp_path, capsys, ch
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.startswith("sd-styles")]  # (weight-loading bars aside)
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+
+
+def test_v_prediction_models_train_on_the_velocity(tiny_dir, images, tmp_path):
+    """SD 2.x-style schedulers (prediction_type v_prediction): same draws, another target, so another loss."""
+    import json
+    import shutil
+
+    from sd_styles.models import load_model
+    from sd_styles.training import train
+
+    vdir = tmp_path / "tiny-v"
+    shutil.copytree(tiny_dir, vdir)
+    config = vdir / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "v_prediction"}))
+    runs = {}
+    for name, folder in (("eps", tiny_dir), ("v", vdir)):
+        model = load_model(str(folder), device="cpu", dtype="fp32")
+        runs[name] = train(model, images, "<h12-v>", INIT, tmp_path / f"{name}.safetensors", progress=False,
+                           steps=2, size=16, grad_accum=1, preview_every=0, save_every=0).losses
+    assert all(np.isfinite(v) for _, v, _ in runs["v"])
+    assert all(abs(a[1] - b[1]) > 1e-4 for a, b in zip(runs["eps"], runs["v"]))
+
+
+def test_training_again_in_one_session_replaces_the_concept(tiny_dir, images, tmp_path):
+    from sd_styles.models import load_model
+    from sd_styles.training import train
+
+    model = load_model(str(tiny_dir), device="cpu", dtype="fp32")
+    kw = dict(progress=False, steps=1, size=16, grad_accum=1, preview_every=0, save_every=0)
+    first = train(model, images, "<h12-again>", INIT, tmp_path / "a.safetensors", seed=1, **kw)
+    rows = model.pipe.text_encoder.get_input_embeddings().num_embeddings
+    second = train(model, images, "<h12-again>", INIT, tmp_path / "b.safetensors", seed=2, **kw)
+    assert model.concepts["<h12-again>"].path == str(tmp_path / "b.safetensors")
+    assert model.pipe.text_encoder.get_input_embeddings().num_embeddings == rows  # the slot was reused
+    assert not torch.equal(first.vectors, second.vectors)
