@@ -98,6 +98,13 @@ def _train_dtype(device: str, dtype: str) -> str:
     return dtype
 
 
+def _grad_scaler():
+    """torch.amp.GradScaler('cuda') (torch >= 2.3), else the older torch.cuda.amp one."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()
+
+
 def _start(files: RunFiles, resume: bool, overwrite: bool) -> Path | None:
     """The checkpoint to resume from (None: a fresh run); refuses to mix a fresh run into an old one."""
     latest = files.latest_checkpoint()
@@ -130,7 +137,7 @@ class _Run:
         self.lr_scheduler = get_scheduler(config.lr_scheduler, self.optimizer, num_warmup_steps=config.lr_warmup_steps,
                                           num_training_steps=config.steps)
         cuda_fp16 = model.device.type == "cuda" and model.dtype == torch.float16
-        self.scaler = torch.amp.GradScaler("cuda") if cuda_fp16 else None
+        self.scaler = _grad_scaler() if cuda_fp16 else None
         self.moments: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]] = {}  # VAE mean/std per picture+flip
         self.placeholder = " ".join(vocab_tokens(config.token, config.num_vectors))
         self.losses: list[tuple[int, float, float]] = []
