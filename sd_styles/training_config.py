@@ -6,9 +6,10 @@ import math
 from dataclasses import asdict, dataclass
 
 from .errors import BadInput
-from .training_data import TEMPLATES
-from .training_outputs import FORMATS
 
+# Kept free of torch imports: the command line builds its --help from these.
+FORMATS = ("diffusers", "sd-concepts", "a1111")
+PROPERTIES = ("object", "style")  # which prompt templates (training_data.TEMPLATES)
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MAX_VECTORS = 64  # CLIP sees 77 tokens; the templates need a few of them
 
@@ -51,8 +52,8 @@ class TrainConfig:
             raise BadInput(f"num_vectors must be at most {MAX_VECTORS}, got {self.num_vectors}")
         if self.size is not None and (not isinstance(self.size, int) or self.size < 8 or self.size % 8):
             raise BadInput(f"size must be a positive multiple of 8, got {self.size!r}")
-        if self.learnable_property not in TEMPLATES:
-            raise BadInput(f"learnable_property must be one of {', '.join(TEMPLATES)}, got {self.learnable_property!r}")
+        if self.learnable_property not in PROPERTIES:
+            raise BadInput(f"learnable_property must be one of {', '.join(PROPERTIES)}, got {self.learnable_property!r}")
         for name, v in (("lr", self.lr), ("weight_decay", self.weight_decay)):
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
                 raise BadInput(f"{name} must be a finite positive number, got {v!r}")
@@ -71,6 +72,8 @@ class TrainConfig:
 
     @property
     def templates(self) -> tuple[str, ...]:
+        from .training_data import TEMPLATES
+
         return TEMPLATES[self.learnable_property]
 
     def settings(self) -> dict:

@@ -20,8 +20,7 @@ from safetensors.torch import save
 
 from .atomic import atomic_write, atomic_write_text
 from .errors import BadInput
-
-FORMATS = ("diffusers", "sd-concepts", "a1111")
+from .training_config import FORMATS
 METADATA_KEY = "sd_styles_training"  # safetensors header key / A1111 dict key holding the metadata JSON
 DIFFUSERS_NAME = "learned_embeds.safetensors"
 A1111_TOKEN_ID = 265  # the id A1111 stores for its '*' placeholder; nothing reads it back

@@ -19,8 +19,7 @@ def non_negative_int(text: str) -> int:
 
 
 def register(sub) -> None:
-    from ..training_config import LR_SCHEDULERS
-    from ..training_outputs import FORMATS
+    from ..training_config import FORMATS, LR_SCHEDULERS
 
     p = sub.add_parser("train", help="learn a new concept from 3-5 images (textual inversion)")
     add_model_options(p, default_model="CompVis/stable-diffusion-v1-4")
