@@ -121,6 +121,18 @@ def family_of(index: dict) -> str:
     return "sd1"
 
 
+def source_family(source: str, revision: str | None = None) -> str | None:
+    """The family of a model before loading it (None when its files cannot be read yet, e.g. offline)."""
+    if source == TINY_ID:
+        return "sd1"
+    if source in TINY_SDXL_BUILDERS:
+        return "sdxl"
+    try:
+        return family_of(read_model_index(source, revision))
+    except (OSError, ValueError):
+        return None
+
+
 def pipeline_class(source: str | Path | dict, revision: str | None = None) -> type:
     """The diffusers pipeline class that loads `source` (a folder, hub id or its model_index dict)."""
     import diffusers

@@ -70,6 +70,18 @@ def component_digest(model, part: str) -> str | None:
     return model.digests[part]
 
 
+def check_refiner_sources(base: str, refiner: str) -> None:
+    """Fail before any weights load when the base or the refiner is not SDXL (as far as their files tell)."""
+    from .models import source_family
+
+    family = source_family(base)
+    if family not in (None, "sdxl"):
+        raise BadInput(f"--refiner needs an SDXL base model; {base} is {family}")
+    family = source_family(refiner)
+    if family not in (None, "sdxl"):
+        raise BadInput(f"--refiner {refiner} is not an SDXL model (its files say {family})")
+
+
 def load_refiner(model, source: str, *, revision: str | None = None):
     """Load the SDXL refiner `source` for the SDXL `model` and attach it as `model.refiner`.
 

@@ -67,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput("--refiner-switch needs --refiner")
     if args.refiner_switch is not None and not 0 < args.refiner_switch < 1:
         raise BadInput(f"--refiner-switch must be between 0 and 1 (exclusive), got {args.refiner_switch:g}")
+    if args.refiner:
+        from ..refiner import check_refiner_sources
+
+        check_refiner_sources(args.model, args.refiner)
     guidance = guidance_from_args(args)  # validate everything cheap before loading weights
     for source in args.concept:
         read_concept(source, args.token)  # a missing or broken concept fails before the model loads
