@@ -51,17 +51,27 @@ class StyleModel:
 
     def enable_memory_savers(self, *, attention_slicing: bool = False, vae_slicing: bool = False,
                              vae_tiling: bool = False, cpu_offload: bool = False) -> "StyleModel":
-        """Trade speed for memory (16 GB T4 and below): diffusers' own switches."""
-        if attention_slicing:
-            self.pipe.enable_attention_slicing()
-        if vae_slicing:
-            self.pipe.vae.enable_slicing()
-        if vae_tiling:
-            self.pipe.vae.enable_tiling()
+        """Trade speed for memory (16 GB T4 and below): diffusers' own switches, on the refiner too.
+
+        `cpu_offload` keeps each model on the CPU until it runs (one offload chain over base and refiner,
+        so a component they share is moved once, see sd_styles.refiner.enable_cpu_offload).
+        """
+        for pipe in [self.pipe] + ([self.refiner.pipe] if self.refiner is not None else []):
+            if attention_slicing:
+                pipe.enable_attention_slicing()
+            if vae_slicing:
+                pipe.vae.enable_slicing()
+            if vae_tiling:
+                pipe.vae.enable_tiling()
         if cpu_offload:
             if self.device.type != "cuda":
                 raise BadInput("cpu_offload needs a CUDA device")
-            self.pipe.enable_model_cpu_offload(device=self.device)
+            if self.refiner is None:
+                self.pipe.enable_model_cpu_offload(device=self.device)
+            else:
+                from .refiner import enable_cpu_offload
+
+                enable_cpu_offload(self, self.device)
         return self
 
 

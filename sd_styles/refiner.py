@@ -138,6 +138,35 @@ def shares_text_encoder(model) -> bool:
     return model.refiner is not None and model.refiner.pipe.text_encoder_2 is model.pipe.text_encoder_2
 
 
+def offload_order(model) -> list:
+    """Base and refiner modules, each once, in the order a render first needs them."""
+    pipes = [model.pipe] + ([model.refiner.pipe] if model.refiner is not None else [])
+    names = [("text_encoder", "text_encoder_2", "unet")] * len(pipes) + [("vae",)] * len(pipes)
+    order = []
+    for pipe, group in zip(pipes * 2, names):
+        for name in group:
+            module = getattr(pipe, name, None)
+            if module is not None and all(module is not seen for seen in order):
+                order.append(module)
+    return order
+
+
+def enable_cpu_offload(model, device) -> None:
+    """Model CPU offload over base + refiner: a module moves to `device` when it runs, and the previous one back.
+
+    diffusers' `enable_model_cpu_offload` hooks one pipeline; run on two pipelines that share modules
+    the second would strip the first's hooks. One accelerate chain over both (`cpu_offload_with_hook`,
+    the function diffusers itself uses) keeps at most two models on the GPU: the base UNet goes back to
+    the CPU when the refiner's UNet starts.
+    """
+    from accelerate import cpu_offload_with_hook
+
+    hook = None
+    for module in offload_order(model):
+        module.to("cpu")
+        _, hook = cpu_offload_with_hook(module, device, prev_module_hook=hook)
+
+
 def cutoff_timestep(scheduler, switch: float) -> int:
     """The first timestep the refiner handles is below this: round(T - switch * T)."""
     total = scheduler.config.num_train_timesteps

@@ -172,3 +172,16 @@ def test_refiner_errors_are_one_line_bad_input(tiny_model, tiny_sdxl_model, tiny
         make_recipe(tiny_sdxl_model, PROMPT, refiner="someone/other-refiner")
     with pytest.raises(BadInput, match="refiner switch"):
         make_recipe(tiny_sdxl_model, PROMPT, refiner_switch=1.0)
+
+
+def test_one_offload_chain_over_base_and_refiner_keeps_pixels(tiny_sdxl_dir, tiny_sdxl_refiner_dir, tiny_sdxl_model):
+    from sd_styles.refiner import enable_cpu_offload, offload_order
+
+    model = load_model(str(tiny_sdxl_dir), device="cpu", dtype="fp32", refiner=str(tiny_sdxl_refiner_dir))
+    p, r = model.pipe, model.refiner.pipe
+    assert offload_order(model) == [p.text_encoder, p.text_encoder_2, p.unet, r.unet, p.vae]  # shared parts once
+    enable_cpu_offload(model, torch.device("cpu"))  # the CUDA path's hooks, with the CPU as execution device
+    recipe = make_recipe(model, PROMPT, seed=9, steps=3, width=W, height=H, refiner_switch=0.5)
+    [hooked] = render(model, [recipe], progress=False)
+    [plain] = render(tiny_sdxl_model, [recipe], progress=False)
+    assert pixel_diff(hooked.image, plain.image) == 0
