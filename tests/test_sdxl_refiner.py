@@ -140,3 +140,33 @@ def test_bad_refiner_keys_in_experiment_files(line, message, tmp_path):
     toml.write_text(f'prompt = "a {{style}}"\n{line}\n[[styles]]\nconcept = "c"\nseed = 1\n', encoding="utf-8")
     with pytest.raises(BadInput, match=message):
         load_experiment(toml)
+
+
+def _cache_repo(cache, repo: str, folder, commit: str) -> None:
+    """Lay a model folder out as huggingface_hub's cache does (refs/main -> snapshots/COMMIT/...)."""
+    import shutil
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+
+
+def test_hub_ids_load_from_the_cache_and_share_identical_parts(tiny_sdxl_dir, tiny_sdxl_refiner_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hub"
+    _cache_repo(cache, "someone/sdxl-base", tiny_sdxl_dir, "a" * 40)
+    _cache_repo(cache, "someone/sdxl-refiner", tiny_sdxl_refiner_dir, "b" * 40)
+    script = (
+        "from sd_styles.models import load_model\n"
+        "m = load_model('someone/sdxl-base', device='cpu', refiner='someone/sdxl-refiner')\n"
+        "r = m.refiner\n"
+        "print(m.family, r.family, r.pipe.vae is m.pipe.vae, r.pipe.text_encoder_2 is m.pipe.text_encoder_2)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["sdxl", "sdxl", "True", "True"]  # digests read from the cached snapshots
