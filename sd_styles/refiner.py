@@ -210,6 +210,10 @@ def plan_phases(model, recipe, device) -> list[Phase]:
     if recipe.refiner is None:
         return [Phase(model, base, 0, len(base.timesteps), 0 if model.family == "sdxl" else None)]
     refiner = attached_refiner(model, recipe.refiner)
+    missing = [c.token for c in recipe.concepts if c.token not in refiner.concepts]
+    if missing:  # a refiner with its own text_encoder_2 would read the token as plain text: refuse
+        raise BadInput(f"the refiner {refiner.source} has its own text_encoder_2 and concept(s) "
+                       f"{', '.join(missing)} are not loaded into it; load them into model.refiner too")
     second = fresh(refiner)
     start = refiner_begin(second, recipe.refiner_switch)
     return [Phase(model, base, 0, base_end(base, recipe.refiner_switch), 0),

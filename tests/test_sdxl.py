@@ -185,3 +185,17 @@ def test_one_offload_chain_over_base_and_refiner_keeps_pixels(tiny_sdxl_dir, tin
     [hooked] = render(model, [recipe], progress=False)
     [plain] = render(tiny_sdxl_model, [recipe], progress=False)
     assert pixel_diff(hooked.image, plain.image) == 0
+
+
+def test_refiner_with_its_own_text_encoder_refuses_concepts_it_lacks(tiny_sdxl_dir, tmp_path):
+    from dataclasses import replace
+
+    from sd_styles.recipe import ConceptRef
+    from sd_styles.refiner import load_refiner
+    from sd_styles.tiny_sdxl import save_tiny_sdxl_refiner
+
+    model = load_model(str(tiny_sdxl_dir), device="cpu", dtype="fp32")
+    load_refiner(model, str(save_tiny_sdxl_refiner(tmp_path / "own-encoder", seed=1)))
+    recipe = replace(make_recipe(model, "a <x> boat", steps=2), concepts=(ConceptRef("x.safetensors", "<x>"),))
+    with pytest.raises(BadInput, match="not loaded into it"):
+        render(model, [recipe], progress=False)
