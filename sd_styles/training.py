@@ -63,6 +63,8 @@ def train(model, images: str | Path, token: str, init_word: str, out: str | Path
     checkpoint = _start(files, resume, overwrite)
     if isinstance(model, str):
         model = load_model(model, device=device, dtype=_train_dtype(device, dtype))
+    if getattr(model, "family", "sd1") != "sd1":
+        raise BadInput(f"--model {model.source} is an SDXL model; training supports SD 1.x and 2.x models for now")
     size = config.size or model.native_size[0]
     config = replace(config, size=size)
     check_token(model, token, config.num_vectors)

@@ -315,3 +315,13 @@ def test_training_again_in_one_session_replaces_the_concept(tiny_dir, images, tm
     assert model.concepts["<h12-again>"].path == str(tmp_path / "b.safetensors")
     assert model.pipe.text_encoder.get_input_embeddings().num_embeddings == rows  # the slot was reused
     assert not torch.equal(first.vectors, second.vectors)
+
+
+def test_sdxl_models_are_refused_with_one_line(images, tmp_path, capsys):
+    from sd_styles.cli import main
+    from sd_styles.tiny_sdxl import TINY_SDXL_ID
+
+    code = main(["train", "--model", TINY_SDXL_ID, "--device", "cpu", "--images", str(images), "--token", "<h12-xl>",
+                 "--init-word", INIT, "--out", str(tmp_path / "xl.safetensors"), "--no-progress"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sd-styles")]
+    assert code == 2 and len(lines) == 1 and "SDXL" in lines[0]
