@@ -65,3 +65,11 @@ def tiny_sd2_dir(tmp_path_factory, shared_fixtures) -> Path:
     """Tiny random UNet/VAE with the real SD 2.1 CLIP tokenizer and a 1024-wide text encoder."""
     return _real_tokenizer_model(tmp_path_factory, shared_fixtures, "stable-diffusion-2-1-base", 1024)
 
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_real_dir(tmp_path_factory, shared_fixtures) -> Path:
+    """Tiny SDXL base (random UNet/VAE) with the real SDXL tokenizers and 768 + 1280 wide text encoders."""
+    from sdxl_tiny import save_tiny_sdxl
+
+    return save_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl-real-tokenizers", shared_fixtures)
