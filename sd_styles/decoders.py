@@ -69,19 +69,28 @@ def unscale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return latents * std / config.scaling_factor + mean
 
 
-def loss_vae(vae):
-    """The VAE to differentiate through: `vae` itself, or a bf16 / fp32 copy when it is fp16 and asks for upcasting.
+def loss_decode_dtype(vae) -> torch.dtype:
+    """The dtype the loss decode runs the VAE in: its own, unless it is fp16 and its config asks for upcasting.
 
     The SDXL VAE overflows in fp16 (NaN / black images; its config sets `force_upcast`), and diffusers' pipelines
-    decode it in fp32. bf16 has fp32's range at half its memory, so the copy is bf16 where the device computes
-    it natively (CUDA compute capability 8.0+) and fp32 elsewhere. The copy is built once per model (decoders are
-    cached) and only ever used for the loss decode; final images keep the model's own VAE.
+    decode it in fp32. bf16 has fp32's range at half its memory, so such a VAE is decoded in bf16 where the device
+    computes it natively (CUDA compute capability 8.0+) and in fp32 elsewhere.
     """
     if vae.dtype != torch.float16 or not getattr(vae.config, "force_upcast", False):
-        return vae
+        return vae.dtype
     device = next(vae.parameters()).device
     native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    return copy.deepcopy(vae).to(torch.bfloat16 if native_bf16 else torch.float32).requires_grad_(False)
+    return torch.bfloat16 if native_bf16 else torch.float32
+
+
+def loss_vae(vae):
+    """The VAE to differentiate through: `vae` itself, or a copy in `loss_decode_dtype(vae)`.
+
+    The copy is built once per model (decoders are cached) and only ever used for the loss decode; final
+    images keep the model's own VAE.
+    """
+    dtype = loss_decode_dtype(vae)
+    return vae if dtype == vae.dtype else copy.deepcopy(vae).to(dtype).requires_grad_(False)
 
 
 def vae_decoder(vae, checkpoint: bool = False) -> Decoder:

@@ -165,3 +165,62 @@ def test_guidance_gradient_through_the_sdxl_vae_with_checkpointing_equals_withou
         latents = z.clone().requires_grad_()
         grads.append(torch.autograd.grad(vae_decoder(vae, checkpoint=checkpoint)(latents).mean(), latents)[0])
     assert torch.allclose(grads[0], grads[1], atol=1e-7) and grads[0].abs().sum() > 0
+
+
+# ------------------------------------------------------------------- memory of the loss decode's backward
+
+def _measured_peak(vae, width: int, checkpoint: bool) -> int:
+    """Live-tensor peak of one guidance gradient, measured as benchmarks/bench_sdxl_vae_memory.py does."""
+    import sys
+    from pathlib import Path
+
+    from torch.profiler import ProfilerActivity, profile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_sdxl_vae_memory import live_peak
+
+    decode = vae_decoder(vae, checkpoint=checkpoint)
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    latents = torch.randn(1, 4, width // f, width // f, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        torch.autograd.grad(decode(latents).mean(), latents)
+    return live_peak(prof)
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_vae_backward_estimate_against_a_measurement(checkpoint):
+    from sd_styles.decoder_memory import vae_backward_bytes
+
+    vae = tiny_sdxl_vae().eval().requires_grad_(False)   # not the measured decoder: the estimate is scaled
+    measured = _measured_peak(vae, 64, checkpoint)
+    estimate = vae_backward_bytes(vae.config, 64, 64, torch.float32, checkpoint)
+    assert abs(estimate - measured) / measured < 0.1, (estimate, measured)
+
+
+def test_vae_backward_estimate_for_sdxl_reproduces_the_benchmark(shared_fixtures):
+    from diffusers import AutoencoderKL
+
+    from sd_styles.decoder_memory import GIB, vae_backward_bytes
+
+    config = AutoencoderKL.load_config(shared_fixtures / "configs" / "stable-diffusion-xl-base-1.0" / "vae")
+    config = type("Config", (), config)  # attribute access, as vae.config gives it
+    # benchmarks/RESULTS.md, SDXL section: fp32 128x128, 389,759,624 bytes plain and 213,490,944 checkpointed
+    assert vae_backward_bytes(config, 128, 128, torch.float32, False) == pytest.approx(389_759_624, rel=0.001)
+    assert vae_backward_bytes(config, 128, 128, torch.float32, True) == pytest.approx(213_490_944, rel=0.02)
+    at_1024 = {(dt, ck): vae_backward_bytes(config, 1024, 1024, dt, ck) / GIB
+               for dt in (torch.float32, torch.bfloat16) for ck in (False, True)}
+    assert round(at_1024[torch.float32, False], 1) == 23.2 and round(at_1024[torch.bfloat16, True], 1) == 6.4
+    assert vae_backward_bytes(config, 1024, 768, torch.float16, True, images=2) == 2 * vae_backward_bytes(
+        config, 768, 1024, torch.bfloat16, True)
+
+
+def test_full_vae_guidance_that_cannot_fit_is_refused_up_front(sdxl):
+    from sd_styles.decoder_memory import GIB, check_vae_guidance_fits, vae_guidance_bytes
+    from sd_styles.errors import BadInput
+
+    need = vae_guidance_bytes(sdxl, 1024, 1024)           # CPU: fp32, no checkpointing, as make_decoder runs it
+    assert need == check_vae_guidance_fits(sdxl, 1024, 1024, available=64 * GIB)
+    with pytest.raises(BadInput) as err:
+        check_vae_guidance_fits(sdxl, 1024, 1024, available=2 * GIB)
+    msg = str(err.value)
+    assert "\n" not in msg and "--loss-decoder tiny" in msg and f"{need / GIB:.1f} GiB" in msg
