@@ -221,9 +221,8 @@ def _install(model: StyleModel, f: ConceptFile) -> LoadedConcept:
     pairs = encoder_pairs(model.pipe)
     slots = model.token_slots
     new = [v for v in f.vocab_tokens if v not in slots]
-    for pair in pairs:
-        ids = _write(pair, f.vocab_tokens, new, f.embedding.vectors[pair.key])
-    slots.update({v: ids[f.vocab_tokens.index(v)] for v in new})
+    ids = [_write(pair, f.vocab_tokens, new, f.embedding.vectors[pair.key]) for pair in pairs]
+    slots.update({v: ids[0][f.vocab_tokens.index(v)] for v in new})  # ids in the first tokenizer (each has its own)
     widths = tuple((p.key, p.width) for p in pairs)
     loaded = LoadedConcept(source=f.source, token=f.token, sha256=f.sha256, format=f.embedding.format,
                            width=widths[0][1], n_vectors=f.embedding.n_vectors, tokens=f.vocab_tokens,

@@ -46,7 +46,8 @@ def tiny_sdxl_components(shared: Path, seed: int = 0, vae=None) -> dict:
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
             block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
             addition_time_embed_dim=TIME_DIM, transformer_layers_per_block=(1, 2),
             projection_class_embeddings_input_dim=6 * TIME_DIM + 1280, cross_attention_dim=768 + 1280,

@@ -182,7 +182,8 @@ def test_sdxl_concept_on_sd1_through_the_cli_is_one_line(shared_fixtures, tiny_s
 
 def test_sdxl_file_with_a_wrong_encoder_width_is_refused(tmp_path, ours):
     before = snapshot(ours)
-    with pytest.raises(BadInput, match=r"its clip_g vectors are 1024 wide but this model's text encoders are 768\+1280"):
+    words = r"its clip_g vectors are 1024 wide but this model's text encoders are 768\+1280"
+    with pytest.raises(BadInput, match=words):
         add_concept(ours, save_sdxl_file(tmp_path / "wrong.safetensors", 2, seed=0, widths=(768, 1024)), token="<w>")
     assert_unchanged(ours, before)
 
