@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from .errors import BadInput
+from .sampling import unscale_latents  # the final decode's unscaling (latents_mean/std or scaling_factor)
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,21 +53,6 @@ def straight_through_clamp(images: torch.Tensor) -> torch.Tensor:
     the predicted x0 pushes out of range - often most of them early in sampling.
     """
     return images + (images.clamp(0, 1) - images).detach()
-
-
-def unscale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """UNet latents -> the VAE decoder's input, as diffusers' SD and SDXL pipelines compute it before `vae.decode`.
-
-    z / scaling_factor, or z * latents_std / scaling_factor + latents_mean when the VAE config has both
-    (pipeline_stable_diffusion_xl.py, "unscale/denormalize the latents"). Done in `latents`' dtype.
-    """
-    config = vae.config
-    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-    if mean is None or std is None:
-        return latents / config.scaling_factor
-    mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
-    std = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
-    return latents * std / config.scaling_factor + mean
 
 
 def loss_decode_dtype(vae) -> torch.dtype:

@@ -87,4 +87,4 @@ def as_style_model(pipe, source: str = "tiny-sdxl-test"):
     from sd_styles.models import StyleModel
 
     return StyleModel(pipe=pipe, source=source, revision=None, device=torch.device("cpu"), dtype=torch.float32,
-                      vae_dtype=torch.float32)
+                      vae_dtype=torch.float32, family="sdxl")

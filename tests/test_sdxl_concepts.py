@@ -122,6 +122,30 @@ def test_sdxl_fixture_renders_the_same_image_as_diffusers(shared_fixtures, ours,
     assert not np.array_equal(plain, theirs)
 
 
+def test_sdxl_fixture_through_our_loop_renders_like_diffusers(shared_fixtures, tiny_sdxl_real_dir, reference,
+                                                              capsys, tmp_path):
+    """`sd-styles generate --concept` on SDXL (our loader, our loop) vs diffusers' two-call loading and pipeline."""
+    from helpers import pixel_diff
+    from PIL import Image
+
+    from sd_styles.schedulers import make_scheduler
+
+    prompt = f"a cat in the style of {TOKEN}"
+    code = cli.main(["generate", prompt, "--model", str(tiny_sdxl_real_dir),
+                     "--concept", emb(shared_fixtures, SDXL_FILE), "--steps", "2", "--size", "64x48", "--seed", "3", "--scheduler", "euler", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    ours = Image.open(out.split()[0]).convert("RGB")
+    original = reference.scheduler
+    reference.scheduler = make_scheduler("euler", original.config)
+    try:
+        theirs = reference(prompt, width=64, height=48, num_inference_steps=2, guidance_scale=7.5,
+                           generator=[torch.Generator("cpu").manual_seed(3)]).images[0]
+    finally:
+        reference.scheduler = original
+    assert pixel_diff(ours, theirs) <= 1
+
+
 def test_refiner_takes_clip_g_only_like_diffusers(shared_fixtures, tiny_sdxl_real_dir):
     """A refiner has tokenizer_2 / text_encoder_2 only: the file's clip_g vectors go there, clip_l is unused."""
     from diffusers import StableDiffusionXLImg2ImgPipeline
