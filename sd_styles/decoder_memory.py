@@ -4,10 +4,11 @@ benchmarks/bench_sdxl_vae_memory.py takes one guidance gradient through an SDXL-
 SD 1.x, 2.x and SDXL is the same network: block_out_channels 128/256/512/512, 2 layers per block) and
 records the peak of live tensor bytes beyond the weights. In fp32 the peak is proportional to the output's
 pixel count, to four digits: 5947.6, 5947.3 and 5947.2 values per output pixel at 64, 128 and 192 px
-without checkpointing, 3286 / 3258 / 3255 with it. A bf16 decode peaked at 0.575x the fp32 bytes (64 px),
-not 0.5x: some tensors stay fp32. So, per 1024x1024 image (benchmarks/RESULTS.md, "SDXL"):
+without checkpointing, 3286 / 3258 / 3255 with it. A bf16 decode peaked at 0.575x the fp32 bytes (0.593x
+with checkpointing; 64 px), not 0.5x: some tensors stay fp32. So, per 1024x1024 image (benchmarks/RESULTS.md,
+"SDXL"):
 
-    fp32: 23.2 GiB (checkpointing: 12.9)   bf16 / fp16: 13.4 GiB (checkpointing: 7.4)
+    fp32: 23.2 GiB (checkpointing: 12.9)   bf16 / fp16: 13.4 GiB (checkpointing: 7.6)
 
 Next to the SDXL UNet a 16 GB GPU fits only the checkpointed 2-byte decode; everything else should be
 refused before sampling starts, with `--loss-decoder tiny` (TAESDXL) as the way out. The attention of
@@ -23,11 +24,10 @@ from .decoders import loss_decode_dtype
 from .errors import BadInput
 
 GIB = 1024**3
-HALF_RATIO = 0.575  # bf16 peak / fp32 peak, measured without checkpointing at 64x64
-# peak bytes per output pixel, forward + backward, by (bytes per value, gradient checkpointing): measured,
-# except the 2-byte checkpointed figure, which assumes the same 0.575 ratio as without checkpointing
+HALF_RATIO = {False: 0.575, True: 0.593}  # bf16 peak / fp32 peak at 64x64, by gradient checkpointing (measured)
+# peak bytes per output pixel, forward + backward, by (bytes per value, gradient checkpointing)
 BYTES_PER_PIXEL = {(4, False): 5948 * 4, (4, True): 3290 * 4,
-                   (2, False): 5948 * 4 * HALF_RATIO, (2, True): 3290 * 4 * HALF_RATIO}
+                   (2, False): 5948 * 4 * HALF_RATIO[False], (2, True): 3290 * 4 * HALF_RATIO[True]}
 MEASURED_CHANNELS = (128, 256, 512, 512)   # the decoder measured; others are scaled (see _scale)
 MEASURED_LAYERS = 2
 

@@ -209,7 +209,7 @@ def test_vae_backward_estimate_for_sdxl_reproduces_the_benchmark(shared_fixtures
     assert vae_backward_bytes(config, 128, 128, torch.float32, True) == pytest.approx(213_490_944, rel=0.02)
     at_1024 = {(dt, ck): vae_backward_bytes(config, 1024, 1024, dt, ck) / GIB
                for dt in (torch.float32, torch.bfloat16) for ck in (False, True)}
-    assert [round(at_1024[k], 1) for k in sorted(at_1024, key=str)] == [13.4, 7.4, 23.2, 12.9]
+    assert [round(at_1024[k], 1) for k in sorted(at_1024, key=str)] == [13.4, 7.6, 23.2, 12.9]
     assert vae_backward_bytes(config, 1024, 768, torch.float16, True, images=2) == pytest.approx(
         2 * vae_backward_bytes(config, 768, 1024, torch.bfloat16, True), abs=2)
 
