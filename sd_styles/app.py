@@ -60,9 +60,9 @@ def _settings_column(gr, model, h):
                               elem_id="seed")
         c["dice"] = gr.Button("🎲", scale=0, min_width=48, elem_id="seed-random")
         c["recycle"] = gr.Button("♻️", scale=0, min_width=48, elem_id="seed-reuse")
-        c["batch_count"] = gr.Number(1, precision=0, minimum=1, maximum=MAX_BATCH, label="Batch count", scale=2)
+        c["batch_count"] = gr.Number(1, precision=0, label=f"Batch count (1-{MAX_BATCH})", scale=2)
     with gr.Row():
-        c["steps"] = gr.Number(20, precision=0, minimum=1, maximum=1000, label="Steps", elem_id="steps")
+        c["steps"] = gr.Number(20, precision=0, label="Steps (1-1000)", elem_id="steps")
         c["cfg"] = gr.Slider(0, 30, value=7.5, step=0.5, label="CFG scale")
     with gr.Row():
         c["width"] = gr.Slider(64, 2048, value=width, step=8, label="Width")
@@ -74,7 +74,7 @@ def _settings_column(gr, model, h):
             c["loss_arg"] = gr.Textbox("", label="Argument (color: #rrggbb; clip: a text)")
             c["loss_scale"] = gr.Number(None, label="Scale (empty: the loss's default)")
         with gr.Row():
-            c["loss_every"] = gr.Number(1, precision=0, minimum=1, label="Every K-th step")
+            c["loss_every"] = gr.Number(1, precision=0, label="Every K-th step")
             c["loss_start"] = gr.Slider(0, 1, value=0, step=0.05, label="Start (fraction)")
             c["loss_end"] = gr.Slider(0, 1, value=1, step=0.05, label="End (fraction)")
             c["loss_decoder"] = gr.Radio(["vae", "tiny", "linear"], value="vae", label="Decoder for the loss")
@@ -142,7 +142,7 @@ def _compare_tab(gr, model, h) -> None:
         uploads = gr.File(label="More styles: embedding files", file_count="multiple", file_types=list(UPLOAD_SUFFIXES))
         seeds = gr.Textbox(d["seeds"], label="Seeds, one per style (catalog styles, then uploads)")
     with gr.Row():
-        steps = gr.Number(d["steps"], precision=0, minimum=1, maximum=1000, label="Steps")
+        steps = gr.Number(d["steps"], precision=0, label="Steps (1-1000)")
         cfg = gr.Slider(0, 30, value=d["cfg"], step=0.5, label="CFG scale")
         cwidth = gr.Slider(64, 2048, value=width, step=8, label="Width")
         cheight = gr.Slider(64, 2048, value=height, step=8, label="Height")
@@ -151,7 +151,7 @@ def _compare_tab(gr, model, h) -> None:
         loss = gr.Dropdown([NO_LOSS, *BUILTIN_LOSSES], value=d["loss"], label="Loss (guided row)")
         loss_arg = gr.Textbox("", label="Argument")
         loss_scale = gr.Number(d["scale"], label="Scale")
-        loss_every = gr.Number(d["every"], precision=0, minimum=1, label="Every K-th step")
+        loss_every = gr.Number(d["every"], precision=0, label="Every K-th step")
         decoder = gr.Radio(["vae", "tiny", "linear"], value="vae", label="Decoder")
     status = gr.Markdown("", elem_id="compare-status")
     grid = gr.Image(label="Grid", type="filepath", format="png", interactive=False, elem_id="compare-grid")
