@@ -53,7 +53,8 @@ def _settings_column(gr, model, h):
                               label="Styles (concepts/catalog.toml): write each one's token in the prompt")
     c["hub_concepts"] = gr.Textbox("", label="More concepts: hub ids", placeholder="sd-concepts-library/NAME, ...")
     with gr.Row():
-        c["uploads"] = gr.File(label="Embedding files", file_count="multiple", file_types=list(UPLOAD_SUFFIXES))
+        c["uploads"] = gr.File(label="Embedding files", file_count="multiple", file_types=list(UPLOAD_SUFFIXES),
+                               elem_id="uploads")
         c["upload_token"] = gr.Textbox("", label="Token for the one uploaded file (optional)")
     with gr.Row(equal_height=True):
         c["seed"] = gr.Number(-1, precision=0, label="Seed (-1: random; image i uses seed + i)", scale=4,
