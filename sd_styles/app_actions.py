@@ -138,7 +138,8 @@ def form_recipes(model, form: GenerateForm, rng: random.Random | None = None) ->
 
 def safe_name(name: str, limit: int = 64) -> str:
     """A file name from an untrusted one: no folders, letters, digits, '.', '_' and '-' only."""
-    base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(name).replace("\\", "/")).name).strip(".-")
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(name).replace("\\", "/")).name)
+    base = re.sub(r"-{2,}", "-", base).strip(".-")
     return base[-limit:].lstrip(".-") or "file"
 
 
