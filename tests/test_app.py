@@ -132,3 +132,53 @@ def test_app_command_help_and_missing_gradio(monkeypatch, capsys):
     assert main(["app", "--model", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'sd-styles[app]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_uploads_are_capped(app):
+    import httpx
+
+    url = app[0]
+    small = httpx.post(f"{url}/gradio_api/upload", files={"files": ("x.bin", b"0" * 1024)}, timeout=30)
+    assert small.status_code == 200
+    big = httpx.post(f"{url}/gradio_api/upload", files={"files": ("x.bin", b"0" * (21 * 2**20))}, timeout=60)
+    assert big.status_code == 413
+
+
+def test_one_job_at_a_time(app):
+    demo = app[1]
+    jobs = [fn for fn in demo.fns.values() if fn.concurrency_id == "gpu"]
+    assert {fn.api_name for fn in jobs} >= {"generate", "ui_generate", "compare", "png_rerender"}
+    assert all(fn.concurrency_limit in (1, "default") for fn in jobs)  # queue(default_concurrency_limit=1)
+
+
+def test_the_app_command_serves_on_loopback_and_prints_written_paths(tmp_path):
+    """`sd-styles app --model tiny` in its own process: /generate works and stdout carries only the PNG's path."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from app_helpers import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sd_styles", "app", "--model", "tiny", "--port", str(port),
+                             "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(1)
+        client = gradio_client.Client(f"http://127.0.0.1:{port}", verbose=False)
+        png = Path(client.predict(prompt="a kite", seed=9, steps=2, api_name="/generate"))
+        assert "Seed: 9" in Image.open(png).info["parameters"]
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    [line] = out.splitlines()
+    assert Path(line).name == png.name and Path(line).resolve().is_relative_to(tmp_path.resolve())
+    assert "127.0.0.1" in err
