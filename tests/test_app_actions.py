@@ -171,3 +171,13 @@ def test_stop_ends_the_job_within_a_step(handlers):
     # another session's Stop does not touch this one's next job
     handlers.stop(_request("someone-else"))
     assert "Done 1 of 1" in list(handlers.generate(*_ui("a short job"), request=request))[-1][2]
+
+
+def test_generate_with_loss_guidance_records_it(handlers):
+    from sd_styles.metadata import read_recipe
+
+    *_, last = list(handlers.generate(*_ui("a cat", loss="blue", decoder="linear"), request=_request("loss")))
+    [path] = last[4]
+    g = read_recipe(path).guidance
+    assert (g.losses[0].name, g.losses[0].scale, g.decoder) == ("blue", 200, "linear")
+    assert "Loss: \"blue:200\"" in Image.open(path).info["parameters"]  # A1111 quotes values with a colon

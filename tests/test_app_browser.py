@@ -92,12 +92,18 @@ def test_stop_interrupts_within_a_step(page):
     expect(page.locator("#status")).to_contain_text("Stopped", timeout=10_000)
     waited = time.monotonic() - started
     assert waited < 5, f"Stop took {waited:.1f}s"
+    print(f"Stop reported after {waited:.2f}s")
     text = page.locator("#status").inner_text()
     assert "0 image(s) kept" in text
     # the app is free again: Ctrl+Enter in the prompt box runs the next job
     page.locator("#steps input").fill("2")
     page.get_by_label("Prompt", exact=True).press("Control+Enter")
     expect(page.locator("#status")).to_contain_text("Done 1 of 1", timeout=60_000)
+    # 🎲 sets -1 (random); ♻️ reads the seed back from the gallery image
+    page.locator("#seed-random").click()
+    expect(page.locator("#seed input")).to_have_value("-1")
+    page.locator("#seed-reuse").click()
+    expect(page.locator("#seed input")).to_have_value("3")
 
 
 def test_crafted_pickle_upload_is_refused_and_runs_nothing(page, tmp_path):
