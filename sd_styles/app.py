@@ -92,6 +92,7 @@ UI_FIELDS = ("prompt", "negative_prompt", "seed", "batch_count", "steps", "cfg",
 
 
 def _generate_tab(gr, model, h) -> dict:
+    """Prompt, buttons, settings, progress, gallery; its events and the /generate API endpoint."""
     with gr.Row():
         with gr.Column(scale=4):
             prompt = gr.Textbox("", lines=2, label="Prompt", placeholder="Ctrl+Enter generates", elem_id="prompt")
@@ -127,6 +128,7 @@ def _generate_tab(gr, model, h) -> dict:
 
 
 def _compare_tab(gr, model, h) -> None:
+    """The five-style comparison form, grid, labelled cells and blog zip."""
     from .losses import BUILTIN_LOSSES
     from .schedulers import SCHEDULERS
 
@@ -185,6 +187,7 @@ def _compare_defaults(catalog) -> dict:
 
 
 def _pnginfo_tab(gr, h, c: dict, tabs) -> None:
+    """Drop a PNG: parameters and recipe; Send to Generate fills the form `c`; Re-render."""
     from dataclasses import astuple
 
     from .app_actions import FORM_FIELDS

@@ -33,6 +33,7 @@ def page_error(err: Exception) -> gr.Error:
 
 
 def session_of(request: gr.Request | None) -> str:
+    """The browser session's id (each gradio_client Client has its own)."""
     return getattr(request, "session_hash", None) or "anonymous"
 
 
@@ -48,6 +49,7 @@ class Handlers:
         self.on_written = on_written or (lambda path: None)
 
     def folder(self, request: gr.Request | None) -> Path:
+        """This session's output folder."""
         return session_folder(self.out, session_of(request))
 
     def prepare(self, form: GenerateForm, uploads, token: str, folder: Path):
@@ -194,6 +196,7 @@ class Handlers:
         return parameters, doc, note
 
     def png_form(self, path) -> tuple[GenerateForm, list[str]]:
+        """Generate-tab values from a dropped image: its recipe, else its A1111 parameters."""
         from .app_pnginfo import form_from_parameters, form_from_recipe, png_info
         from .recipe import Recipe
 

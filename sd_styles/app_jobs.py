@@ -30,6 +30,7 @@ class StopSwitch:
         self._lock = threading.Lock()
 
     def flag(self, session: str) -> threading.Event:
+        """The flag of `session` (created on first use)."""
         with self._lock:
             return self._flags.setdefault(session, threading.Event())
 
@@ -40,6 +41,7 @@ class StopSwitch:
         return flag
 
     def stop(self, session: str) -> None:
+        """Ask the job of `session` to stop after its current step."""
         self.flag(session).set()
 
 

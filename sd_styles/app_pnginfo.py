@@ -27,6 +27,7 @@ def png_info(path: str | Path) -> tuple[str, dict | None]:
 
 
 def _loss_fields(recipe: Recipe) -> dict:
+    """The form's loss fields for the recipe's first loss term."""
     g = recipe.guidance
     if g is None or not g.losses:
         return {"loss": NO_LOSS}

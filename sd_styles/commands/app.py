@@ -9,6 +9,7 @@ from .common import add_model_options, print_paths
 
 
 def port(text: str) -> int:
+    """A TCP port number, 1-65535."""
     try:
         value = int(text)
     except ValueError:
@@ -30,6 +31,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Load the model, build the app and serve it until Ctrl+C."""
     import importlib.util
 
     from ..errors import BadInput
