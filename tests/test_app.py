@@ -151,6 +151,7 @@ def test_one_job_at_a_time(app):
     assert all(fn.concurrency_limit in (1, "default") for fn in jobs)  # queue(default_concurrency_limit=1)
 
 
+@pytest.mark.slow
 def test_the_app_command_serves_on_loopback_and_prints_written_paths(tmp_path):
     """`sd-styles app --model tiny` in its own process: /generate works and stdout carries only the PNG's path."""
     import os
