@@ -10,7 +10,7 @@ import sys
 import traceback
 
 # Each sub-command lives in sd_styles/commands/<name>.py with `register(subparsers)`; its parser sets `func`.
-COMMANDS = ("generate", "info", "rerun", "concepts", "run", "train", "evaluate")
+COMMANDS = ("generate", "info", "rerun", "concepts", "run", "app", "train", "evaluate")
 
 
 class _Parser(argparse.ArgumentParser):
