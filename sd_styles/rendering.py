@@ -100,13 +100,13 @@ def render(model: StyleModel, recipes: Sequence[Recipe], *, batch_size: int = 8,
 
 
 def render_padded(model: StyleModel, recipe: Recipe, size: int, position: int, mode: str = "stacked",
-                  progress: bool = True) -> Result:
+                  progress: bool = True, callback: StepCallback | None = None) -> Result:
     """Render `recipe` at `position` of a call of `size` cells, the other places filled with throw-away copies."""
     if not (isinstance(size, int) and isinstance(position, int) and 0 <= position < size <= 4096):
         raise BadInput(f"bad recorded call shape: position {position!r} of {size!r} cells")
     recipe.check()
     check_fits(model, [recipe] * size, size, mode)
-    return render_batch(model, [recipe] * size, progress=progress, desc="rerun", mode=mode)[position]
+    return render_batch(model, [recipe] * size, callback, progress, "rerun", mode)[position]
 
 
 def render_batch(model: StyleModel, cells: list[Recipe], callback: StepCallback | None = None,
