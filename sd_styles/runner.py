@@ -98,7 +98,8 @@ def render_cells(model, cells: Sequence[Cell], *, out_dir: str | Path | None = N
     results: dict[int, CellResult] = {}
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        clean_stale_temps(folder)
+        if shard[1] == 1:   # sharded: the main process cleaned before any shard started writing
+            clean_stale_temps(folder)
         for i, cell in enumerate(cells):
             done = finished_cell(folder / cell.filename, cell)
             if done is not None:
@@ -169,7 +170,10 @@ def run_experiment(exp: Experiment, *, out: str | Path = "outputs", model=None, 
 
     from .models import load_model
 
-    state = PartialState()
+    import torch
+
+    # cpu=True lets a CPU-only launch (torchrun's WORLD_SIZE, or MPI) form a gloo process group
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     written: list[Path] = []
 
     def emit(path: Path) -> None:
@@ -185,6 +189,11 @@ def run_experiment(exp: Experiment, *, out: str | Path = "outputs", model=None, 
     load_styles(model, exp, progress=progress and state.is_local_main_process)
     folder = Path(out) / exp.name
     cells = plan_cells(model, exp)
+    if state.num_processes > 1:
+        if state.is_main_process:   # debris of killed writers, removed before any process writes
+            folder.mkdir(parents=True, exist_ok=True)
+            clean_stale_temps(folder)
+        state.wait_for_everyone()
     results = render_cells(model, cells, out_dir=folder, batch_size=batch_size, mode=mode, allow_mixed=allow_mixed,
                            shard=(state.process_index, state.num_processes), progress=progress, on_written=emit)
     if state.num_processes > 1:
