@@ -164,3 +164,22 @@ def test_memory_estimate_grows_with_size_and_cells_per_call(tiny_model):
     assert estimate(tiny_model, big, 1).peak == 4 * estimate(tiny_model, small, 1).peak
     guided = [make_recipe(tiny_model, "a", seed=0, steps=2, guidance=GUIDED)]
     assert estimate(tiny_model, guided).guidance > 0 and check_fits(tiny_model, guided).peak > 0
+
+
+# --- speed switches --------------------------------------------------------------------------------------
+
+def test_attention_is_sdpa_and_channels_last_is_opt_in_and_recorded(tiny_dir):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from sd_styles.models import load_model
+    from sd_styles.speed import optimize
+
+    model = load_model(str(tiny_dir), device="cpu", dtype="fp32")   # its own copy: optimize() changes it
+    assert all(isinstance(p, AttnProcessor2_0) for p in model.pipe.unet.attn_processors.values())
+    recipe = make_recipe(model, "a kite", seed=3, steps=2)
+    [before] = render(model, [recipe], progress=False)
+    assert before.execution["fingerprint"]["channels_last"] is False
+    assert optimize(model, channels_last=True) == {"channels_last": True, "compiled": False}
+    [after] = render(model, [recipe], progress=False)
+    assert after.execution["fingerprint"]["channels_last"] is True
+    assert pixel_diff(after.image, before.image) <= 1   # other kernels, same picture (measured here)
