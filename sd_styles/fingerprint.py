@@ -53,6 +53,8 @@ def execution_fingerprint(device: torch.device, dtype: torch.dtype, call_batch_s
     return {
         "device": device.type,
         "device_name": device_name(device),
+        # CPU kernels split reductions by thread: 1 vs 2 threads measured 1/255 apart on the tiny model
+        "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
         "dtype": str(dtype).removeprefix("torch."),
         CALL_BATCH: int(call_batch_size),
         "mode": mode,                                   # stacked | exact

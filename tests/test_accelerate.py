@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from helpers import pixel_diff
 from PIL import Image
-from test_batching import cli, write_run
+from test_batching import write_run
 
 from sd_styles.metadata import read_document
 
@@ -40,8 +40,12 @@ def free_port() -> int:
 def test_two_processes_write_exactly_the_single_process_images(tiny_dir, tmp_path):
     toml = write_run(tmp_path, tiny_dir, n=5, guided=True)       # five styles, plain + guided: 10 cells
     single, multi = tmp_path / "single", tmp_path / "multi"
-    assert cli("run", str(toml), "--out", str(single), "--batch-size", "3", "--device", "cpu")[0] == 0
+    # one CPU thread per process on both sides: torchrun sets it, and thread counts change CPU rounding
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    reference = subprocess.run([sys.executable, "-m", "sd_styles", "run", str(toml), "--out", str(single),
+                                "--batch-size", "3", "--device", "cpu"], capture_output=True, text=True, env=env,
+                               timeout=600)
+    assert reference.returncode == 0, reference.stderr[-2000:]
     proc = subprocess.run(
         ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
