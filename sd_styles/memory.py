@@ -24,7 +24,7 @@ import torch
 from .errors import BadInput
 
 GIB = 1024**3
-UNET_WORK = 4        # working tensors of the UNet's largest level, beside the kept skips
+UNET_WORK = 12       # working tensors of the largest level beside the kept skips (GEGLU feed-forward: 8c)
 VAE_LIVE = 8         # live tensors of the VAE decoder's largest activation (resnet temps, upsampling)
 VAE_SAVED = 6        # tensors a decoder resnet layer keeps for the backward (norms, activations, convs)
 CHECKPOINT_SAVED = 0.6   # fraction kept with gradient checkpointing (decoders.make_decoder on accelerators)
