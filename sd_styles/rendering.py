@@ -17,10 +17,10 @@ from .memory import check_fits
 from .losses import resolve_loss
 from .models import StyleModel
 from .recipe import ConceptRef, Recipe
-from .sampling import StepCallback, decode, encode_prompts, initial_latents, make_denoiser, sample, to_pil, uses_cfg
-from .schedulers import make_scheduler
+from .conditioning import encode_conditioning
+from .refiner import attached_refiner, plan_phases
+from .sampling import StepCallback, decode, initial_latents, make_denoiser, sample, to_pil, uses_cfg
 from .speed import speed_state
-
 
 MODES = ("stacked", "exact")   # stacked: up to batch_size cells per model call; exact: one cell per call
 
@@ -42,11 +42,21 @@ class Result:
 
 
 def make_recipe(model: StyleModel, prompt: str, **settings) -> Recipe:
-    """A recipe for `model`: native size by default, and the loaded concepts the prompts mention."""
+    """A recipe for `model`: native size by default, and the loaded concepts the prompts mention.
+
+    No `negative_prompt` (or None) means "no negative prompt": SDXL then conditions on zeros, SD 1.x on "".
+    A refiner loaded on the model is used unless `refiner=None` is passed.
+    """
     width, height = model.native_size
     settings.setdefault("width", width)
     settings.setdefault("height", height)
-    text = prompt + " " + settings.get("negative_prompt", "")
+    if settings.get("negative_prompt") is None:  # None and "" give the same pixels on SD 1.x: record ""
+        settings["negative_prompt"] = None if model.family == "sdxl" else ""
+    if "refiner" not in settings and model.refiner is not None:
+        settings["refiner"] = model.refiner.source
+    if settings.get("refiner") is not None:
+        settings.setdefault("refiner_revision", attached_refiner(model, settings["refiner"]).revision)
+    text = prompt + " " + (settings["negative_prompt"] or "")
     refs = tuple(ConceptRef(_portable(c.source), c.token, c.sha256) for tok, c in model.concepts.items() if tok in text)
     settings.setdefault("concepts", refs)
     return Recipe(prompt=prompt, model=model.source, model_revision=model.revision, **settings).check()
@@ -87,6 +97,8 @@ def render(model: StyleModel, recipes: Sequence[Recipe], *, batch_size: int = 8,
     check_mode(mode)
     for r in recipes:
         r.check()
+        if r.refiner is not None:
+            attached_refiner(model, r.refiner)
     chunks = plan_chunks(recipes, batch_size)
     check_fits(model, recipes, batch_size, mode)
     results: list[Result | None] = [None] * len(recipes)
@@ -111,29 +123,43 @@ def render_padded(model: StyleModel, recipe: Recipe, size: int, position: int, m
 
 def render_batch(model: StyleModel, cells: list[Recipe], callback: StepCallback | None = None,
                  progress: bool = True, desc: str = "denoising", mode: str = "stacked") -> list[Result]:
-    """Render cells that share size, steps, cfg, scheduler and guidance: one model call (stacked) or one per cell."""
+    """Render cells that share settings: one model call for all (stacked) or one per cell (exact).
+
+    The loop runs in phases: the whole schedule on the model, or with an SDXL refiner the base's
+    steps then the refiner's on the same latents (sd_styles.refiner.plan_phases).
+    """
     first = cells[0]
     n = len(cells) if check_mode(mode) == "stacked" else 1  # cells per model call
-    pipe, device = model.pipe, model.device
-    scheduler = make_scheduler(first.scheduler, pipe.scheduler.config)
-    scheduler.set_timesteps(first.steps, device=device)
-    do_cfg = uses_cfg(pipe, first.cfg)
-    # per-chunk conditioning: chunk j's text embeddings feed chunk j's UNet call
-    embeds = [encode_prompts(pipe, [c.prompt for c in part], [c.negative_prompt for c in part], do_cfg, device)
-              for part in (cells[k:k + n] for k in range(0, len(cells), n))]
+    phases = plan_phases(model, first, model.device)
     generators = [torch.Generator("cpu").manual_seed(c.seed) for c in cells]
-    latents = initial_latents(pipe, scheduler, generators, first.width, first.height, embeds[0].dtype, device)
-    denoise = make_denoiser(pipe.unet, scheduler, embeds, first.cfg, do_cfg)
     history: list[torch.Tensor] = []   # (B,) per guided step, on the device until the loop ends
+    latents = None
+    with torch.no_grad():
+        for phase in phases:
+            denoise, dtype = _phase_denoiser(phase, cells, n, history)
+            if latents is None:
+                latents = initial_latents(model.pipe, phase.scheduler, generators, first.width, first.height,
+                                          dtype, model.device)
+            latents = sample(denoise, phase.scheduler, latents, generators, callback=callback, desc=desc,
+                             progress=progress, begin=phase.begin, end=phase.end, begin_index=phase.begin_index)
+        images = decode(phases[-1].model.pipe.vae, latents, chunk=n)  # (B, 3, H, W), the UNet's call shape
+    fingerprint = execution_fingerprint(model.device, model.dtype, n, mode, speed_state(model))
+    histories = loss_histories(history, len(cells))
+    return [Result(img, cell, hist, {"fingerprint": fingerprint, "call_shape": {"size": n, "position": k % n}})
+            for k, (img, cell, hist) in enumerate(zip(to_pil(images), cells, histories))]
+
+
+def _phase_denoiser(phase, cells: list[Recipe], n: int, history: list[torch.Tensor]):
+    """(denoiser, text-embedding dtype) of one phase: its model's conditioning per chunk, guidance wrapped on."""
+    first, model, scheduler = cells[0], phase.model, phase.scheduler
+    do_cfg = uses_cfg(model.pipe, first.cfg)
+    conds = [encode_conditioning(model, [c.prompt for c in part], [c.negative_prompt for c in part], do_cfg,
+                                 first.width, first.height)
+             for part in (cells[k:k + n] for k in range(0, len(cells), n))]
+    denoise = make_denoiser(model.pipe.unet, scheduler, conds, first.cfg, do_cfg)
     if first.guided:
         g = first.guidance
         terms = [(resolve_loss(t), float(t.scale)) for t in g.losses]
         steps = len(scheduler.timesteps)  # PNDM runs one more step than asked: guide the whole schedule
         denoise = make_guided_denoiser(denoise, scheduler, g, steps, make_decoder(model, g.decoder), terms, history)
-    with torch.no_grad():
-        latents = sample(denoise, scheduler, latents, generators, callback=callback, desc=desc, progress=progress)
-        images = decode(pipe.vae, latents, chunk=n)  # (B, 3, H, W), the same call shape as the UNet's
-    fingerprint = execution_fingerprint(device, model.dtype, n, mode, speed_state(model))
-    histories = loss_histories(history, len(cells))
-    return [Result(img, cell, hist, {"fingerprint": fingerprint, "call_shape": {"size": n, "position": k % n}})
-            for k, (img, cell, hist) in enumerate(zip(to_pil(images), cells, histories))]
+    return denoise, conds[0].embeds.dtype

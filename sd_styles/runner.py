@@ -184,7 +184,11 @@ def run_experiment(exp: Experiment, *, out: str | Path = "outputs", model=None, 
     if model is None:
         if state.num_processes > 1 and device == "auto":
             device = state.device.type   # each process on its own GPU (accelerate sets the current device)
-        model = load_model(exp.model, device=device, dtype=dtype)
+        model = load_model(exp.model, device=device, dtype=dtype, refiner=exp.refiner)
+    elif exp.refiner and (model.refiner is None or model.refiner.source != exp.refiner):
+        from .refiner import load_refiner
+
+        load_refiner(model, exp.refiner)
     optimize(model, channels_last=channels_last, compile=compile)
     load_styles(model, exp, progress=progress and state.is_local_main_process)
     folder = Path(out) / exp.name
