@@ -1,12 +1,19 @@
-"""Our hand-written loop vs diffusers' StableDiffusionPipeline, and per-cell vs fused batches, side by side.
+"""Our loop vs diffusers' pipeline; stacked batches vs one cell per call; a plain + guided grid; peak memory.
 
-    python benchmarks/bench_sampler.py                  # 128x128, 10 steps, cfg 7.5, lms, CPU, 2 rounds
-    python benchmarks/bench_sampler.py --batch 4 --repeats 3
+    python benchmarks/bench_sampler.py                      # CPU: 128x128, 3 steps, cfg 7.5, lms, 2 rounds
+    python benchmarks/bench_sampler.py --gpu                # CUDA: 512x512, fp16, 50 steps (it/s, % of peak)
+    python benchmarks/bench_sampler.py --compile            # + torch.compile of the UNet (compile time, gain)
 
-Same SD 1.5-sized random-weight model as bench_guidance.py (configs from ../shared/fixtures). Cases:
-diffusers and ours on one cell; then a batch of `--batch` seeds through diffusers (one stacked UNet
-call per step), ours by default (one UNet call per cell: bit-identical to rendering each cell alone)
-and ours with `fused=True` (one stacked call, like diffusers). Rounds are interleaved; medians reported.
+SD 1.5-sized UNet / VAE / text encoder with random weights from ../shared/fixtures/configs (see
+bench_guidance.py), TAESD random from configs/taesd for the guided grid. Cases, interleaved round by
+round (a busy machine slows all alike), median reported:
+  diffusers, 1 cell / ours, 1 cell;
+  diffusers, N cells in one pipeline call (its own batching) / ours stacked (default batch 8: calls of
+  8 + 2 for N = 10) / ours exact (one cell per call);
+  grid: N/2 styles plain + guided with the tiny decoder every step (stacked; the loss decode is per cell).
+Peak memory per case: RSS above the pre-call level, polled every 5 ms (CPU), or
+torch.cuda.max_memory_allocated (GPU). A CFG UNet step of SD 1.5 at 64x64 latents is 1.61 TFLOP per
+cell: the GPU mode reports achieved TFLOP/s against `--peak-tflops` (H100 SXM dense fp16: 989).
 """
 
 from __future__ import annotations
@@ -14,75 +21,163 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import torch
-from bench_guidance import CONFIGS, build_model
+from bench_guidance import CONFIGS, build_model, save_random_taesd
 
 PROMPT = "a mouse wearing a top hat"
+UNET_CFG_TFLOP = 1.61   # one CFG UNet step (2 samples) of SD 1.5 at 64x64 latents, per cell
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+class PeakMemory:
+    """Peak memory while a block runs: CUDA allocator peak, or host RSS polled in a thread."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            return self
+        import psutil
+
+        proc, self.stop = psutil.Process(), threading.Event()
+        base = proc.memory_info().rss
+
+        def poll():
+            while not self.stop.is_set():
+                self.peak = max(self.peak, proc.memory_info().rss - base)
+                time.sleep(0.005)
+
+        self.thread = threading.Thread(target=poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self.stop.set()
+            self.thread.join()
 
 
-def cases(model, args) -> dict:
-    """label -> zero-argument callable rendering that case once."""
+def cases(model, args, taesd: Path) -> dict:
+    """label -> (zero-argument callable rendering that case once, cells, UNet steps per cell)."""
+    from sd_styles.recipe import Guidance, LossTerm
     from sd_styles.rendering import make_recipe, render
     from sd_styles.schedulers import make_scheduler
 
-    pipe = model.pipe
-    base_config = pipe.scheduler.config
+    pipe, base = model.pipe, model.pipe.scheduler.config
+    n = args.cells
 
     def diffusers(seeds):
-        pipe.scheduler = make_scheduler(args.scheduler, base_config)
-        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        return lambda: pipe([PROMPT] * len(seeds), num_inference_steps=args.steps, guidance_scale=args.cfg,
-                            height=args.size, width=args.size, generator=gens)
+        def call():
+            pipe.scheduler = make_scheduler(args.scheduler, base)
+            gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            return pipe([PROMPT] * len(seeds), num_inference_steps=args.steps, guidance_scale=args.cfg,
+                        height=args.size, width=args.size, generator=gens)
+        return call
 
-    def ours(seeds, fused=False):
-        recipes = [make_recipe(model, PROMPT, seed=s, steps=args.steps, cfg=args.cfg, width=args.size,
-                               height=args.size, scheduler=args.scheduler) for s in seeds]
-        return lambda: render(model, recipes, fused=fused, progress=False)
+    def recipes(seeds, guidance=None):
+        return [make_recipe(model, PROMPT, seed=s, steps=args.steps, cfg=args.cfg, width=args.size,
+                            height=args.size, scheduler=args.scheduler, guidance=guidance) for s in seeds]
 
-    batch = list(range(args.batch))
-    return {"diffusers, 1 cell": diffusers([0]), "ours, 1 cell": ours([0]),
-            f"diffusers, batch {args.batch}": diffusers(batch), f"ours, batch {args.batch}": ours(batch),
-            f"ours fused, batch {args.batch}": ours(batch, fused=True)}
+    def ours(rs, mode="stacked"):
+        return lambda: render(model, rs, mode=mode, progress=False)
+
+    grid = recipes(range(n // 2)) + recipes(range(n // 2), Guidance((LossTerm("blue", 200.0),), decoder=str(taesd)))
+    return {
+        "diffusers, 1 cell": (diffusers([0]), 1), "ours, 1 cell": (ours(recipes([0])), 1),
+        f"diffusers, {n} cells": (diffusers(range(n)), n), f"ours stacked, {n} cells": (ours(recipes(range(n))), n),
+        f"ours exact, {n} cells": (ours(recipes(range(n)), "exact"), n),
+        f"grid {n // 2} plain + {n // 2} guided tiny": (ours(grid), n),
+    }
+
+
+def timed(fn, device: torch.device) -> tuple[float, int]:
+    """(wall seconds, peak bytes) of one call."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with PeakMemory(device) as mem:
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        wall = time.perf_counter() - start
+    return wall, mem.peak
+
+
+def report(args, med: dict, peaks: dict, rounds: int) -> None:
+    n = args.cells
+    print(f"{args.size}x{args.size}, {args.steps} steps, cfg {args.cfg}, {args.scheduler}, {args.device} "
+          f"{args.dtype}, torch threads {torch.get_num_threads()}, median of {rounds} interleaved rounds")
+    for label, t in med.items():
+        extra = ""
+        if args.device == "cuda":
+            cells = args.cells if "1 cell" not in label else 1
+            tflops = UNET_CFG_TFLOP * args.steps * cells / t
+            extra = f"  {args.steps * cells / t:6.1f} cell-it/s  {tflops:6.1f} TFLOP/s ({tflops / args.peak_tflops:.0%})"
+        print(f"  {label:34s} {t:8.2f}s  peak {peaks[label] / 2**20:8.0f} MiB{extra}")
+    ratio = lambda a, b: f"{med[a] / med[b]:.3f}"  # noqa: E731
+    print(f"ours / diffusers, 1 cell:                {ratio('ours, 1 cell', 'diffusers, 1 cell')}  (target <= 1.00)")
+    print(f"ours stacked / diffusers, {n} cells:      "
+          f"{ratio(f'ours stacked, {n} cells', f'diffusers, {n} cells')}  (target <= 1.00)")
+    print(f"exact (per cell) / stacked, {n} cells:    {ratio(f'ours exact, {n} cells', f'ours stacked, {n} cells')}")
+    print(f"exact (per cell) / diffusers, {n} cells:  {ratio(f'ours exact, {n} cells', f'diffusers, {n} cells')}")
+
+
+def bench_compile(model, args) -> None:
+    """torch.compile of the UNet: first call (compile + run) and steady state, vs eager, stacked."""
+    from sd_styles.rendering import make_recipe, render
+    from sd_styles.speed import optimize
+
+    rs = [make_recipe(model, PROMPT, seed=s, steps=args.steps, cfg=args.cfg, width=args.size, height=args.size,
+                      scheduler=args.scheduler) for s in range(args.cells)]
+    eager = statistics.median(timed(lambda: render(model, rs, progress=False), model.device)[0] for _ in range(2))
+    optimize(model, compile=True)
+    first = timed(lambda: render(model, rs, progress=False), model.device)[0]
+    steady = statistics.median(timed(lambda: render(model, rs, progress=False), model.device)[0] for _ in range(2))
+    print(f"compile: eager {eager:.2f}s, first compiled call {first:.2f}s (compile ~{first - steady:.1f}s), "
+          f"compiled {steady:.2f}s: gain {eager / steady:.3f}x")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--gpu", action="store_true", help="CUDA, fp16, 512x512, 50 steps")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--size", type=int)
     p.add_argument("--cfg", type=float, default=7.5)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--cells", type=int, default=10)
     p.add_argument("--scheduler", default="lms")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--peak-tflops", type=float, default=989.0)
+    p.add_argument("--compile", action="store_true")
     args = p.parse_args()
-    model = build_model(CONFIGS, args.device, torch.float32)
-    runs = cases(model, args)
-    for fn in runs.values():  # warm-up: oneDNN kernels, allocator
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for r in range(args.repeats):
-        for label, fn in runs.items():
-            times[label].append(timed(fn))
-            print(f"# round {r + 1}: {label:24s} {times[label][-1]:7.2f}s", file=sys.stderr, flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    b = args.batch
-    print(f"{args.size}x{args.size}, {args.steps} steps, cfg {args.cfg}, {args.scheduler}, {args.device}, "
-          f"torch threads {torch.get_num_threads()}, median of {args.repeats}")
-    for label, t in med.items():
-        print(f"  {label:24s} {t:7.2f}s")
-    print(f"ours / diffusers, 1 cell:            {med['ours, 1 cell'] / med['diffusers, 1 cell']:.3f}")
-    print(f"ours / diffusers, batch {b}:           {med[f'ours, batch {b}'] / med[f'diffusers, batch {b}']:.3f}")
-    print(f"ours fused / diffusers, batch {b}:     "
-          f"{med[f'ours fused, batch {b}'] / med[f'diffusers, batch {b}']:.3f}")
-    print(f"per-cell / fused, batch {b}:           {med[f'ours, batch {b}'] / med[f'ours fused, batch {b}']:.3f}")
+    args.device, args.dtype = ("cuda", "fp16") if args.gpu else ("cpu", "fp32")
+    args.steps = args.steps or (50 if args.gpu else 3)
+    args.size = args.size or (512 if args.gpu else 128)
+    model = build_model(CONFIGS, args.device, torch.float16 if args.gpu else torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        taesd = save_random_taesd(CONFIGS, Path(tmp) / "taesd")
+        runs = cases(model, args, taesd)
+        for fn, _ in runs.values():  # warm-up: kernels, allocator, TAESD load
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        peaks: dict[str, int] = {k: 0 for k in runs}
+        for r in range(args.repeats):
+            for label, (fn, _) in runs.items():
+                wall, peak = timed(fn, model.device)
+                times[label].append(wall)
+                peaks[label] = max(peaks[label], peak)
+                print(f"# round {r + 1}: {label:34s} {wall:8.2f}s", file=sys.stderr, flush=True)
+    report(args, {k: statistics.median(v) for k, v in times.items()}, peaks, args.repeats)
+    if args.compile:
+        bench_compile(model, args)
 
 
 if __name__ == "__main__":

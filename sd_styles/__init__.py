@@ -25,7 +25,9 @@ _EXPORTS = {
     "load_experiment": "experiment", "load_styles": "experiment",
     "pick_styles": "experiment", "with_seeds": "experiment", "plan_cells": "experiment",
     "render_cells": "runner", "run_experiment": "runner", "results_grid": "grid", "compare": "grid",
-    "export_run": "runner", "render_plain": "runner", "render_guided": "runner",
+    "export_run": "export", "render_plain": "runner", "render_guided": "runner", "CellResult": "experiment",
+    "render_padded": "rendering", "check_fits": "memory", "estimate_memory": "memory",
+    "execution_fingerprint": "fingerprint", "optimize": "speed",
     "train": "training", "TrainResult": "training", "TrainConfig": "training_config",
     "evaluate": "evaluation",
 }

@@ -7,9 +7,9 @@ way); both go through the same validation. `plan_cells` turns it into recipes fo
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .errors import BadInput
 from .experiment_schema import TOML_KEYS, parse_table
@@ -74,6 +74,27 @@ class Cell:
     def filename(self) -> str:
         """`01-gta5-artwork-plain-s101-<digest8>.png`: sorted by column, unique per recipe."""
         return cell_filename(self.recipe, stem=f"{self.column + 1:02d}-{slug(self.token) or 'style'}-{self.kind}")
+
+
+@dataclass
+class CellResult:
+    """One cell of an experiment, rendered now or read back from its finished file."""
+
+    cell: Cell
+    image: Any                     # PIL.Image.Image
+    loss_history: list[float]
+    path: Path | None = None       # where it is saved (None: only in memory)
+    rendered: bool = True          # False when an earlier run had already finished it
+    execution: dict = field(default_factory=dict)  # fingerprint, call shape and process that rendered it
+
+    @property
+    def recipe(self) -> Recipe:
+        """The cell's recipe (as `rendering.Result.recipe`, so plots and exports take either)."""
+        return self.cell.recipe
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.loss_history[-1] if self.loss_history else None
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -207,5 +228,5 @@ def _concept_refs(model, own, text: str) -> tuple[ConceptRef, ...]:
     return tuple(ConceptRef(c.source, c.token, c.sha256) for c in [own, *others])
 
 
-__all__ = ["Cell", "Experiment", "KINDS", "Style", "TOML_KEYS", "experiment", "load_experiment", "load_styles",
+__all__ = ["Cell", "CellResult", "Experiment", "KINDS", "Style", "TOML_KEYS", "experiment", "load_experiment", "load_styles",
            "parse_experiment", "pick_styles", "plan_cells", "with_seeds"]

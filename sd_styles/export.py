@@ -7,17 +7,20 @@ PNG-info readers still show prompt and seed; the full recipe stays in the PNGs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+import json
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from PIL import Image
 
-from .atomic import atomic_save_image, atomic_write_text
+from .atomic import atomic_save_image, atomic_write_text, clean_stale_temps
 from .errors import BadInput
-from .metadata import a1111_parameters
+from .metadata import a1111_parameters, save_png
 
 if TYPE_CHECKING:
-    from .experiment import Experiment
-    from .runner import CellResult
+    from .experiment import CellResult, Experiment
+
+OnWritten = Callable[[Path], None]
+MANIFEST_FORMAT = 1
 
 FORMATS = {"jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
 EXIF_IFD = 0x8769        # the Exif sub-IFD
@@ -95,3 +98,61 @@ def export_blog(exp: "Experiment", results: Sequence["CellResult"], grid: Path |
         names.append(path.name)
     paths.append(atomic_write_text(folder / "post.md", post_markdown(exp, results, paths[0].name, names)))
     return paths
+
+
+def export_run(exp: "Experiment", results: Sequence["CellResult"], out: str | Path, *, export_format: str = "jpeg",
+               on_written: OnWritten | None = None) -> tuple[Path, list[Path], Path]:
+    """Save unsaved cells, then write grid.png, the blog export and manifest.json under out/NAME."""
+    from .grid import results_grid
+
+    folder = Path(out) / exp.name
+    clean_stale_temps(folder / "blog")  # debris of an export killed mid-write
+    emit = on_written or (lambda p: None)
+    for r in results:
+        if r.path is None:
+            r.path = save_png(r.image, folder / r.cell.filename, r.cell.recipe, r.loss_history, r.execution)
+            emit(r.path)
+    grid = save_grid(results_grid(results), folder / "grid.png")
+    emit(grid)
+    export = export_blog(exp, results, grid, folder / "blog", fmt=export_format)
+    for p in export:
+        emit(p)
+    manifest = write_manifest(folder / "manifest.json", exp, results, grid, export)
+    emit(manifest)
+    return grid, export, manifest
+
+
+def save_grid(image: Image.Image, path: Path) -> Path:
+    """The grid as a PNG, atomically."""
+    return atomic_save_image(image, path, "PNG", optimize=False)
+
+
+def manifest_entry(r: "CellResult", folder: Path) -> dict:
+    """One cell in manifest.json (with the process that rendered it and its call shape, when recorded)."""
+    recipe, g = r.cell.recipe, r.cell.recipe.guidance
+    return {"column": r.cell.column, "style": r.cell.concept, "token": r.cell.token, "kind": r.cell.kind,
+            "seed": recipe.seed, "file": _relative(r.path, folder), "digest": recipe.digest(),
+            "loss": g.label() if g is not None else None, "final_loss": r.final_loss,
+            "process": r.execution.get("process", {}).get("index"), "call_shape": r.execution.get("call_shape")}
+
+
+def write_manifest(path: Path, exp: "Experiment", results: Sequence["CellResult"], grid: Path,
+                   export: Sequence[Path]) -> Path:
+    """manifest.json (atomic): every cell with its digest, file, seed, style, kind and final loss."""
+    folder = path.parent
+    doc = {
+        "format": MANIFEST_FORMAT, "name": exp.name, "prompt": exp.prompt, "model": exp.model,
+        "loss": exp.guidance.label() if exp.guidance is not None else None,
+        "grid": _relative(grid, folder), "export": [_relative(p, folder) for p in export],
+        "cells": [manifest_entry(r, folder) for r in results],
+    }
+    return atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+
+
+def _relative(path: Path | None, folder: Path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).relative_to(folder).as_posix()
+    except ValueError:
+        return str(path)

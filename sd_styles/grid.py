@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 if TYPE_CHECKING:
-    from .runner import CellResult
+    from .experiment import CellResult
 
 MIN_CELL = 256          # cells are enlarged to at least this many pixels per side
 TEXT = (20, 20, 20)

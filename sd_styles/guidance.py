@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from .recipe import Guidance
-from .sampling import Denoiser, guidance_step_size, predict_x0
+from .sampling import Denoiser, guidance_step_size, noise_levels, predict_x0
 
 Loss = Callable[[torch.Tensor], torch.Tensor]          # (N, 3, H, W) in [0, 1] -> scalar
 Decoder = Callable[[torch.Tensor], torch.Tensor]       # raw latents (N, 4, h, w) -> (N, 3, H, W) in [0, 1]
@@ -27,45 +27,52 @@ def cell_losses(images: torch.Tensor, terms: list[tuple[Loss, float]]) -> torch.
 
 
 def loss_gradient(scheduler, latents: torch.Tensor, out: torch.Tensor, i: int, t: torch.Tensor, decoder: Decoder,
-                  terms: list[tuple[Loss, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+                  terms: list[tuple[Loss, float]], sigma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(d sum_k L_k / d latents, L_k per cell) with L_k = sum_j scale_j * loss_j(decode(x0(latents))).
 
     Computed in fp32 from an fp32 leaf: fp16 gradients of small losses underflow.
     """
     with torch.enable_grad():
         x = latents.detach().float().requires_grad_(True)
-        x0 = predict_x0(scheduler, x, out.detach().float(), i, t)   # (B, 4, h, w), differentiable in x
+        x0 = predict_x0(scheduler, x, out.detach().float(), i, t, sigma)  # (B, 4, h, w), differentiable in x
         values = cell_losses(decoder(x0), terms)                     # (B,)
         (grad,) = torch.autograd.grad(values.sum(), x)
     return grad, values.detach()
 
 
 def make_guided_denoiser(denoise: Denoiser, scheduler, guidance: Guidance, steps: int, decoder: Decoder,
-                         terms: list[tuple[Loss, float]], history: list[list[float]],
-                         chunk: int | None = None) -> Denoiser:
+                         terms: list[tuple[Loss, float]], history: list[torch.Tensor]) -> Denoiser:
     """Wrap `denoise` so guided steps move the latents down the gradient of the summed losses.
 
-    `history[k]` receives cell k's weighted loss at every guided step (measured on the decoded x0).
-    Terms with scale 0 are dropped: they cannot move the latents. The decoder sees `chunk` cells at a
-    time (default: all): one cell per call keeps batched cells bit-identical to cells rendered alone,
-    and bounds the decoder's backward memory to one image.
+    Each guided step appends the cells' weighted losses (B,) to `history`, measured on the decoded x0
+    and left on the device (read once after the loop: `loss_histories`). Terms with scale 0 are dropped:
+    they cannot move the latents. The decoder always sees one cell per call, whatever the batching: a
+    cell's gradient never depends on its companions, and the backward memory stays that of one image.
+    The noise levels are read from the scheduler once, here, so the step loop never syncs with the device.
     """
     terms = [(loss, float(scale)) for loss, scale in terms if scale != 0]
+    sigmas = noise_levels(scheduler)
 
     def guided(latents, i, t):
         latents, out = denoise(latents, i, t)
         if not terms or not guidance.active(i, steps):
             return latents, out
-        n = chunk or latents.shape[0]
-        parts = [loss_gradient(scheduler, x, o, i, t, decoder, terms) for x, o in zip(latents.split(n), out.split(n))]
+        parts = [loss_gradient(scheduler, x, o, i, t, decoder, terms, sigmas[i])
+                 for x, o in zip(latents.split(1), out.split(1))]   # one cell per decoder call
         grad, values = torch.cat([g for g, _ in parts]), torch.cat([v for _, v in parts])
-        for k, v in enumerate(values.cpu().tolist()):
-            history[k].append(v)
-        move = grad * guidance_step_size(scheduler, i, t)
+        history.append(values)
+        move = grad * guidance_step_size(scheduler, i, t, sigmas[i])
         _move_pndm_stored_sample(scheduler, move)
         return (latents.float() - move).to(latents.dtype), out
 
     return guided
+
+
+def loss_histories(history: list[torch.Tensor], cells: int) -> list[list[float]]:
+    """Per-cell loss lists from the per-step (B,) tensors: one device read for the whole render."""
+    if not history:
+        return [[] for _ in range(cells)]
+    return torch.stack(history, dim=1).cpu().tolist()   # (B, guided steps)
 
 
 def _move_pndm_stored_sample(scheduler, move: torch.Tensor) -> None:

@@ -11,13 +11,18 @@ from PIL import Image
 
 from .decoders import make_decoder
 from .errors import BadInput
-from .guidance import make_guided_denoiser
+from .fingerprint import execution_fingerprint
+from .guidance import loss_histories, make_guided_denoiser
+from .memory import check_fits
 from .losses import resolve_loss
 from .models import StyleModel
 from .recipe import ConceptRef, Recipe
 from .conditioning import encode_conditioning
 from .refiner import attached_refiner, plan_phases
 from .sampling import StepCallback, decode, initial_latents, make_denoiser, sample, to_pil, uses_cfg
+from .speed import speed_state
+
+MODES = ("stacked", "exact")   # stacked: up to batch_size cells per model call; exact: one cell per call
 
 
 @dataclass
@@ -27,6 +32,13 @@ class Result:
     image: Image.Image
     recipe: Recipe
     loss_history: list[float] = field(default_factory=list)  # weighted loss per guided step
+    execution: dict = field(default_factory=dict)  # {"fingerprint": {...}, "call_shape": {"size", "position"}}
+
+    def save(self, path: str | Path) -> Path:
+        """The PNG with its recipe, loss history and execution record (atomic)."""
+        from .metadata import save_png
+
+        return save_png(self.image, path, self.recipe, self.loss_history, self.execution)
 
 
 def make_recipe(model: StyleModel, prompt: str, **settings) -> Recipe:
@@ -56,47 +68,71 @@ def _portable(source: str) -> str:
     return str(path.resolve()) if path.exists() else source
 
 
-def render(model: StyleModel, recipes: Sequence[Recipe], *, batch_size: int = 8, fused: bool = False,
-           callback: StepCallback | None = None, progress: bool = True) -> list[Result]:
-    """Render every recipe; cells sharing settings run through one denoising loop, `batch_size` at a time.
-
-    By default each model call still sees one cell, so a cell's pixels are bit-identical whether it is
-    rendered alone or in a batch (a recipe is a contract). `fused=True` stacks a batch into single UNet /
-    VAE calls: faster on a GPU, but float rounding then depends on the batch (at most 1/255 per pixel).
-    """
+def plan_chunks(recipes: Sequence[Recipe], batch_size: int = 8) -> list[list[int]]:
+    """Indices of the cells of each model call: cells sharing settings, in order, at most batch_size per call."""
     if batch_size < 1:
         raise BadInput(f"batch_size must be >= 1, got {batch_size}")
+    groups: dict[tuple, list[int]] = {}
+    for idx, r in enumerate(recipes):
+        groups.setdefault(r.batch_key(), []).append(idx)
+    return [g[k:k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise BadInput(f"unknown render mode {mode!r}; allowed: {', '.join(MODES)}")
+    return mode
+
+
+def render(model: StyleModel, recipes: Sequence[Recipe], *, batch_size: int = 8, mode: str = "stacked",
+           callback: StepCallback | None = None, progress: bool = True) -> list[Result]:
+    """Render every recipe; cells sharing settings are stacked into model calls of up to `batch_size` cells.
+
+    Each result records its call shape (cells in its call, its position) and execution fingerprint:
+    with the shape fixed, a cell's pixels do not depend on which cells share its call, so `rerun`
+    rebuilds the shape (padding with throw-away cells) and gets the same bits on the same machine.
+    `mode="exact"` runs one cell per model call (the shape of a cell rendered alone), slower on a GPU.
+    A render the device cannot hold is refused before it starts (`memory.check_fits`).
+    """
+    check_mode(mode)
     for r in recipes:
         r.check()
         if r.refiner is not None:
             attached_refiner(model, r.refiner)
-    groups: dict[tuple, list[int]] = {}
-    for idx, r in enumerate(recipes):
-        groups.setdefault(r.batch_key(), []).append(idx)
+    chunks = plan_chunks(recipes, batch_size)
+    check_fits(model, recipes, batch_size, mode)
     results: list[Result | None] = [None] * len(recipes)
     n = len(recipes)
-    for indices in groups.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            desc = f"cells {', '.join(str(i + 1) for i in chunk)} of {n}"
-            cells = [recipes[i] for i in chunk]
-            for idx, res in zip(chunk, render_batch(model, cells, callback, progress, desc, fused)):
-                results[idx] = res
+    for chunk in chunks:
+        desc = f"cells {', '.join(str(i + 1) for i in chunk)} of {n}"
+        rendered = render_batch(model, [recipes[i] for i in chunk], callback, progress, desc, mode)
+        for idx, res in zip(chunk, rendered):
+            results[idx] = res
     return results  # type: ignore[return-value]
 
 
+def render_padded(model: StyleModel, recipe: Recipe, size: int, position: int, mode: str = "stacked",
+                  progress: bool = True, callback: StepCallback | None = None) -> Result:
+    """Render `recipe` at `position` of a call of `size` cells, the other places filled with throw-away copies."""
+    if not (isinstance(size, int) and isinstance(position, int) and 0 <= position < size <= 4096):
+        raise BadInput(f"bad recorded call shape: position {position!r} of {size!r} cells")
+    recipe.check()
+    check_fits(model, [recipe] * size, size, mode)
+    return render_batch(model, [recipe] * size, callback, progress, "rerun", mode)[position]
+
+
 def render_batch(model: StyleModel, cells: list[Recipe], callback: StepCallback | None = None,
-                 progress: bool = True, desc: str = "denoising", fused: bool = False) -> list[Result]:
-    """Render cells that share size, steps, cfg, scheduler, refiner and guidance through one loop.
+                 progress: bool = True, desc: str = "denoising", mode: str = "stacked") -> list[Result]:
+    """Render cells that share settings: one model call for all (stacked) or one per cell (exact).
 
     The loop runs in phases: the whole schedule on the model, or with an SDXL refiner the base's
     steps then the refiner's on the same latents (sd_styles.refiner.plan_phases).
     """
     first = cells[0]
-    n = len(cells) if fused else 1  # cells per model call
+    n = len(cells) if check_mode(mode) == "stacked" else 1  # cells per model call
     phases = plan_phases(model, first, model.device)
     generators = [torch.Generator("cpu").manual_seed(c.seed) for c in cells]
-    history: list[list[float]] = [[] for _ in cells]
+    history: list[torch.Tensor] = []   # (B,) per guided step, on the device until the loop ends
     latents = None
     with torch.no_grad():
         for phase in phases:
@@ -106,11 +142,14 @@ def render_batch(model: StyleModel, cells: list[Recipe], callback: StepCallback 
                                           dtype, model.device)
             latents = sample(denoise, phase.scheduler, latents, generators, callback=callback, desc=desc,
                              progress=progress, begin=phase.begin, end=phase.end, begin_index=phase.begin_index)
-        images = decode(phases[-1].model.pipe.vae, latents, chunk=n)
-    return [Result(img, cell, hist) for img, cell, hist in zip(to_pil(images), cells, history)]
+        images = decode(phases[-1].model.pipe.vae, latents, chunk=n)  # (B, 3, H, W), the UNet's call shape
+    fingerprint = execution_fingerprint(model.device, model.dtype, n, mode, speed_state(model))
+    histories = loss_histories(history, len(cells))
+    return [Result(img, cell, hist, {"fingerprint": fingerprint, "call_shape": {"size": n, "position": k % n}})
+            for k, (img, cell, hist) in enumerate(zip(to_pil(images), cells, histories))]
 
 
-def _phase_denoiser(phase, cells: list[Recipe], n: int, history: list[list[float]]):
+def _phase_denoiser(phase, cells: list[Recipe], n: int, history: list[torch.Tensor]):
     """(denoiser, text-embedding dtype) of one phase: its model's conditioning per chunk, guidance wrapped on."""
     first, model, scheduler = cells[0], phase.model, phase.scheduler
     do_cfg = uses_cfg(model.pipe, first.cfg)
@@ -122,6 +161,5 @@ def _phase_denoiser(phase, cells: list[Recipe], n: int, history: list[list[float
         g = first.guidance
         terms = [(resolve_loss(t), float(t.scale)) for t in g.losses]
         steps = len(scheduler.timesteps)  # PNDM runs one more step than asked: guide the whole schedule
-        denoise = make_guided_denoiser(denoise, scheduler, g, steps, make_decoder(model, g.decoder), terms, history,
-                                       chunk=n)
+        denoise = make_guided_denoiser(denoise, scheduler, g, steps, make_decoder(model, g.decoder), terms, history)
     return denoise, conds[0].embeds.dtype

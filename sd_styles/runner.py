@@ -1,62 +1,43 @@
-"""Run an experiment: render its cells batch by batch, save after each batch, skip finished cells.
+"""Run an experiment: render its planned call batches, save after each, skip finished cells, shard across processes.
 
-A finished cell is recognised by the recipe inside the file (its digest), not by its name. Every file
-is written atomically, so a run killed at any moment loses at most the batch in flight and leaves no
-partial file; running it again completes it. Then come the grid, the blog export and the manifest.
+The plan (`rendering.plan_chunks` over every cell of the experiment) fixes each cell's call shape; a
+resumed run re-renders a partly finished call batch whole (the finished cells are throw-away padding),
+so a resumed cell sees exactly the call it would have had in an uninterrupted run. A finished cell is
+recognised by the recipe inside the file (its digest); finished cells made under another execution
+fingerprint are refused unless `allow_mixed`. Under `accelerate launch`, call batch k goes to process
+k mod N (whole batches: sharding never changes pixels); the main process assembles grid, manifest and
+export once every process has finished.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
-from PIL import Image
-
-from .atomic import atomic_write_text, clean_stale_temps
-from .errors import BadInput
-from .experiment import Cell, Experiment, load_styles, plan_cells
+from .atomic import clean_stale_temps
+from .errors import BadInput, RuntimeFailure
+from .experiment import Cell, CellResult, Experiment, load_styles, plan_cells
+from .export import OnWritten, export_run, manifest_entry, save_grid, write_manifest  # noqa: F401 (re-exported)
+from .fingerprint import differing_conditions, execution_fingerprint
 from .metadata import read_document, save_png
 from .recipe import Recipe
+from .speed import optimize, speed_state
 
 log = logging.getLogger(__name__)
-
-OnWritten = Callable[[Path], None]
-MANIFEST_FORMAT = 1
-
-
-@dataclass
-class CellResult:
-    """One cell of an experiment, rendered now or read back from its finished file."""
-
-    cell: Cell
-    image: Image.Image
-    loss_history: list[float]
-    path: Path | None = None       # where it is saved (None: only in memory)
-    rendered: bool = True          # False when an earlier run had already finished it
-
-    @property
-    def recipe(self) -> Recipe:
-        """The cell's recipe (as `rendering.Result.recipe`, so plots and exports take either)."""
-        return self.cell.recipe
-
-    @property
-    def final_loss(self) -> float | None:
-        return self.loss_history[-1] if self.loss_history else None
 
 
 @dataclass
 class RunReport:
-    """What `run_experiment` produced."""
+    """What `run_experiment` produced (grid, manifest and export only on the main process)."""
 
     folder: Path
     results: list[CellResult]
-    grid: Path
-    manifest: Path
+    grid: Path | None
+    manifest: Path | None
     export: list[Path]
-    written: list[Path]            # files written by this run, in order (stdout of `sd-styles run`)
+    written: list[Path]            # files written by this process, in order (stdout of `sd-styles run`)
 
 
 def _verifiable(recipe: Recipe) -> bool:
@@ -72,59 +53,83 @@ def finished_cell(path: Path, cell: Cell) -> CellResult | None:
         doc = read_document(path)  # decodes the whole image: a damaged file is not finished
         if doc.get("digest") != cell.recipe.digest():
             return None
+        from PIL import Image
+
         with Image.open(path) as im:
             image = im.convert("RGB")
     except (BadInput, OSError, ValueError) as err:
         log.warning("re-rendering %s: %s", path.name, err)
         return None
-    return CellResult(cell, image, list(doc.get("loss_history", [])), path, rendered=False)
+    execution = doc.get("rendered_with") if isinstance(doc.get("rendered_with"), dict) else {}
+    return CellResult(cell, image, list(doc.get("loss_history", [])), path, rendered=False, execution=execution)
 
 
-def _batches(cells: Sequence[tuple[int, Cell]], batch_size: int) -> Iterator[list[tuple[int, Cell]]]:
-    """(index, cell) pairs grouped as render() batches them, in order, at most batch_size per batch."""
-    groups: dict[tuple, list[tuple[int, Cell]]] = {}
-    for item in cells:
-        groups.setdefault(item[1].recipe.batch_key(), []).append(item)
-    for group in groups.values():
-        for start in range(0, len(group), batch_size):
-            yield group[start:start + batch_size]
+def check_not_mixed(model, done: dict[int, CellResult], plan: list[list[int]], mode: str) -> None:
+    """BadInput when a finished cell was made under another fingerprint than this run would use for it."""
+    for chunk in plan:
+        expected = execution_fingerprint(model.device, model.dtype, len(chunk) if mode == "stacked" else 1, mode,
+                                         speed_state(model))
+        for i in chunk:
+            if i in done:
+                differ = differing_conditions(done[i].execution.get("fingerprint"), expected)
+                if differ:
+                    raise BadInput(f"{done[i].path}: finished under other conditions ({'; '.join(differ)}); "
+                                   "mixing them into one grid changes float rounding between cells: pass "
+                                   "--allow-mixed to keep them, or use another --out")
 
 
 def render_cells(model, cells: Sequence[Cell], *, out_dir: str | Path | None = None, batch_size: int = 8,
-                 progress: bool = True,
-                 on_written: OnWritten | None = None) -> list[CellResult]:
-    """Render `cells` in batches; with `out_dir`, skip finished files and save each batch as it completes."""
+                 mode: str = "stacked", allow_mixed: bool = False, shard: tuple[int, int] = (0, 1),
+                 progress: bool = True, on_written: OnWritten | None = None) -> list[CellResult | None]:
+    """Render `cells` call batch by call batch; with `out_dir`, skip finished files and save each batch at once.
+
+    `shard=(index, count)`: render only call batches k with k % count == index (the other places of the
+    returned list stay None for cells another process renders).
+    """
     from tqdm.auto import tqdm
 
-    from .rendering import render
+    from .memory import check_fits
+    from .rendering import check_mode, plan_chunks, render_batch
 
-    if batch_size < 1:
-        raise BadInput(f"batch size must be >= 1, got {batch_size}")
+    check_mode(mode)
     folder = Path(out_dir) if out_dir is not None else None
+    recipes = [c.recipe for c in cells]
+    plan = plan_chunks(recipes, batch_size)   # from the whole experiment: never from what a crash left over
     results: dict[int, CellResult] = {}
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        clean_stale_temps(folder)
+        if shard[1] == 1:   # sharded: the main process cleaned before any shard started writing
+            clean_stale_temps(folder)
         for i, cell in enumerate(cells):
             done = finished_cell(folder / cell.filename, cell)
             if done is not None:
                 results[i] = done
         if results:
             log.info("%d of %d cells already finished in %s", len(results), len(cells), folder)
-    pending = [(i, c) for i, c in enumerate(cells) if i not in results]
-    rendered_with = {"device": str(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
-    with tqdm(total=len(pending), desc="cells", unit="cell", disable=not progress or not pending) as bar:
-        for batch in _batches(pending, batch_size):
-            rendered = render(model, [c.recipe for _, c in batch], batch_size=len(batch), progress=progress)
-            for (i, cell), res in zip(batch, rendered):
+            if not allow_mixed:
+                check_not_mixed(model, results, plan, mode)
+    index, count = shard
+    mine = [chunk for k, chunk in enumerate(plan) if k % count == index and any(i not in results for i in chunk)]
+    if mine:
+        check_fits(model, recipes, batch_size, mode)
+    process = {"index": index, "count": count}
+    total = sum(1 for chunk in mine for i in chunk if i not in results)
+    with tqdm(total=total, desc="cells", unit="cell", disable=not progress or not total) as bar:
+        for chunk in mine:
+            rendered = render_batch(model, [recipes[i] for i in chunk], progress=progress, mode=mode,
+                                    desc=f"cells {', '.join(str(i + 1) for i in chunk)} of {len(cells)}")
+            for i, res in zip(chunk, rendered):
+                if i in results:
+                    continue  # a finished cell re-rendered only to rebuild the call: thrown away
+                execution = {**res.execution, "process": process}
                 path = None
                 if folder is not None:  # saved right away: a kill loses at most the batch being rendered
-                    path = save_png(res.image, folder / cell.filename, res.recipe, res.loss_history, rendered_with)
+                    path = save_png(res.image, folder / cells[i].filename, res.recipe, res.loss_history, execution)
                     if on_written:
                         on_written(path)
-                results[i] = CellResult(cell, res.image, res.loss_history, path)
-            bar.update(len(batch))
-    return [results[i] for i in range(len(cells))]
+                results[i] = CellResult(cells[i], res.image, res.loss_history, path, execution=execution)
+                bar.update(1)
+    return [results.get(i) for i in range(len(cells))]
 
 
 def render_plain(model, exp: Experiment, *, out: str | Path | None = None, **options) -> list[CellResult]:
@@ -141,73 +146,34 @@ def _folder(exp: Experiment, out: str | Path | None) -> Path | None:
     return None if out is None else Path(out) / exp.name
 
 
-def export_run(exp: Experiment, results: Sequence[CellResult], out: str | Path, *, export_format: str = "jpeg",
-               on_written: OnWritten | None = None) -> tuple[Path, list[Path], Path]:
-    """Save unsaved cells, then write grid.png, the blog export and manifest.json under out/NAME."""
-    from .export import export_blog
-    from .grid import results_grid
-
-    folder = Path(out) / exp.name
-    clean_stale_temps(folder / "blog")  # debris of an export killed mid-write
-    emit = on_written or (lambda p: None)
-    for r in results:
-        if r.path is None:
-            r.path = save_png(r.image, folder / r.cell.filename, r.cell.recipe, r.loss_history)
-            emit(r.path)
-    grid = save_grid(results_grid(results), folder / "grid.png")
-    emit(grid)
-    export = export_blog(exp, results, grid, folder / "blog", fmt=export_format)
-    for p in export:
-        emit(p)
-    manifest = write_manifest(folder / "manifest.json", exp, results, grid, export)
-    emit(manifest)
-    return grid, export, manifest
-
-
-def save_grid(image: Image.Image, path: Path) -> Path:
-    """The grid as a PNG, atomically."""
-    from .atomic import atomic_save_image
-
-    return atomic_save_image(image, path, "PNG", optimize=False)
-
-
-def manifest_entry(r: CellResult, folder: Path) -> dict:
-    """One cell in manifest.json."""
-    recipe, g = r.cell.recipe, r.cell.recipe.guidance
-    return {"column": r.cell.column, "style": r.cell.concept, "token": r.cell.token, "kind": r.cell.kind,
-            "seed": recipe.seed, "file": _relative(r.path, folder), "digest": recipe.digest(),
-            "loss": g.label() if g is not None else None, "final_loss": r.final_loss}
-
-
-def write_manifest(path: Path, exp: Experiment, results: Sequence[CellResult], grid: Path,
-                   export: Sequence[Path]) -> Path:
-    """manifest.json (atomic): every cell with its digest, file, seed, style, kind and final loss."""
-    folder = path.parent
-    doc = {
-        "format": MANIFEST_FORMAT, "name": exp.name, "prompt": exp.prompt, "model": exp.model,
-        "loss": exp.guidance.label() if exp.guidance is not None else None,
-        "grid": _relative(grid, folder), "export": [_relative(p, folder) for p in export],
-        "cells": [manifest_entry(r, folder) for r in results],
-    }
-    return atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
-
-
-def _relative(path: Path | None, folder: Path) -> str | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).relative_to(folder).as_posix()
-    except ValueError:
-        return str(path)
+def collect_finished(cells: Sequence[Cell], folder: Path) -> list[CellResult]:
+    """Every cell read back from disk (after all shards finished); RuntimeFailure naming a missing one."""
+    results = []
+    for cell in cells:
+        done = finished_cell(folder / cell.filename, cell)
+        if done is None:
+            raise RuntimeFailure(f"{folder / cell.filename}: missing after every process finished; run again")
+        results.append(done)
+    return results
 
 
 def run_experiment(exp: Experiment, *, out: str | Path = "outputs", model=None, device: str = "auto",
-                   dtype: str = "auto", batch_size: int = 8,
-                   progress: bool = True, export_format: str = "jpeg",
-                   on_written: OnWritten | None = None) -> RunReport:
-    """Load (unless `model` is given), render every cell with resume, then grid, export and manifest."""
+                   dtype: str = "auto", batch_size: int = 8, mode: str = "stacked", allow_mixed: bool = False,
+                   compile: bool = False, channels_last: bool = False, progress: bool = True,
+                   export_format: str = "jpeg", on_written: OnWritten | None = None) -> RunReport:
+    """Load (unless `model` is given), render every cell with resume, then grid, export and manifest.
+
+    Under `accelerate launch` each process renders its share of the call batches on its own device;
+    the main process writes grid, export and manifest after `wait_for_everyone`.
+    """
+    from accelerate import PartialState
+
     from .models import load_model
 
+    import torch
+
+    # cpu=True lets a CPU-only launch (torchrun's WORLD_SIZE, or MPI) form a gloo process group
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     written: list[Path] = []
 
     def emit(path: Path) -> None:
@@ -216,14 +182,28 @@ def run_experiment(exp: Experiment, *, out: str | Path = "outputs", model=None, 
             on_written(path)
 
     if model is None:
+        if state.num_processes > 1 and device == "auto":
+            device = state.device.type   # each process on its own GPU (accelerate sets the current device)
         model = load_model(exp.model, device=device, dtype=dtype, refiner=exp.refiner)
     elif exp.refiner and (model.refiner is None or model.refiner.source != exp.refiner):
         from .refiner import load_refiner
 
         load_refiner(model, exp.refiner)
-    load_styles(model, exp, progress=progress)
+    optimize(model, channels_last=channels_last, compile=compile)
+    load_styles(model, exp, progress=progress and state.is_local_main_process)
     folder = Path(out) / exp.name
-    results = render_cells(model, plan_cells(model, exp), out_dir=folder, batch_size=batch_size,
-                           progress=progress, on_written=emit)
+    cells = plan_cells(model, exp)
+    if state.num_processes > 1:
+        if state.is_main_process:   # debris of killed writers, removed before any process writes
+            folder.mkdir(parents=True, exist_ok=True)
+            clean_stale_temps(folder)
+        state.wait_for_everyone()
+    results = render_cells(model, cells, out_dir=folder, batch_size=batch_size, mode=mode, allow_mixed=allow_mixed,
+                           shard=(state.process_index, state.num_processes), progress=progress, on_written=emit)
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return RunReport(folder, [r for r in results if r is not None], None, None, [], written)
+        results = collect_finished(cells, folder)
     grid, export, manifest = export_run(exp, results, out, export_format=export_format, on_written=emit)
     return RunReport(folder, results, grid, manifest, export, written)

@@ -53,8 +53,9 @@ def make_denoiser(unet, scheduler, conds: list, cfg: float, do_cfg: bool) -> Den
     """eps = eps_u + cfg * (eps_c - eps_u), the UNet under no-grad, one call per chunk of cells.
 
     `conds[j]` is chunk j's `conditioning.Conditioning` (text embeddings [negatives; prompts] with CFG,
-    plus SDXL's added conditioning). With one cell per chunk every UNet call has the shapes of a cell
-    rendered alone, so batching cannot change a single bit.
+    plus SDXL's added conditioning): one UNet call per chunk. A chunk's float rounding depends on its
+    shape (cells per call, a cell's position), not on which cells share it (tests/test_batching.py),
+    so a recorded call shape is enough to redo a cell bit for bit.
     """
     sizes = [c.rows // (2 if do_cfg else 1) for c in conds]
 
@@ -74,7 +75,7 @@ def make_denoiser(unet, scheduler, conds: list, cfg: float, do_cfg: bool) -> Den
 
 
 def noise_level(scheduler, i: int, t: torch.Tensor) -> float:
-    """sigma = sqrt((1 - alpha_bar) / alpha_bar) of step i, for any scheduler."""
+    """sigma = sqrt((1 - alpha_bar) / alpha_bar) of step i, for any scheduler (reads the device: not per step)."""
     sigmas = getattr(scheduler, "sigmas", None)
     if sigmas is not None:
         return float(sigmas[i])
@@ -82,9 +83,21 @@ def noise_level(scheduler, i: int, t: torch.Tensor) -> float:
     return ((1 - abar) / abar) ** 0.5
 
 
-def predict_x0(scheduler, latents: torch.Tensor, out: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
-    """x0 from the model output: sigma space x0 = x - sigma * eps; alpha space x0 = (x - s * eps) / a."""
-    sigma = noise_level(scheduler, i, t)
+def noise_levels(scheduler) -> list[float]:
+    """sigma of every step, read from the device once per batch so the step loop never waits on it."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None:
+        return sigmas.detach().cpu().double().tolist()
+    abar = scheduler.alphas_cumprod.detach().cpu().double()
+    return [((1 - float(abar[t])) / float(abar[t])) ** 0.5 for t in scheduler.timesteps.detach().cpu().tolist()]
+
+
+def predict_x0(scheduler, latents: torch.Tensor, out: torch.Tensor, i: int, t: torch.Tensor,
+               sigma: float | None = None) -> torch.Tensor:
+    """x0 from the model output: sigma space x0 = x - sigma * eps; alpha space x0 = (x - s * eps) / a.
+
+    `sigma`: step i's noise level from `noise_levels` (looked up on the scheduler when not given)."""
+    sigma = noise_level(scheduler, i, t) if sigma is None else sigma
     a = (1 + sigma**2) ** -0.5           # sqrt(alpha_bar)
     s = sigma * a                        # sqrt(1 - alpha_bar)
     x = latents * a if is_sigma_space(scheduler) else latents  # the variance-preserving latent the UNet sees
@@ -96,9 +109,9 @@ def predict_x0(scheduler, latents: torch.Tensor, out: torch.Tensor, i: int, t: t
     return out  # "sample"
 
 
-def guidance_step_size(scheduler, i: int, t: torch.Tensor) -> float:
+def guidance_step_size(scheduler, i: int, t: torch.Tensor, sigma: float | None = None) -> float:
     """How far latents move per unit of loss gradient: sigma^2 in sigma space, (1 - alpha_bar) in alpha space."""
-    sigma = noise_level(scheduler, i, t)
+    sigma = noise_level(scheduler, i, t) if sigma is None else sigma
     return sigma**2 if is_sigma_space(scheduler) else sigma**2 / (1 + sigma**2)
 
 
@@ -124,10 +137,11 @@ def sample(denoise: Denoiser, scheduler, latents: torch.Tensor, generators: list
     if begin_index is not None and hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin_index)
     end = len(scheduler.timesteps) if end is None else end
+    sigmas = noise_levels(scheduler) if callback is not None else None   # read once, not per step
     for i in tqdm(range(begin, end), desc=desc, disable=not progress, leave=False):
         t = scheduler.timesteps[i]
         latents, out = denoise(latents, i, t)
-        x0 = predict_x0(scheduler, latents, out, i, t) if callback is not None else None
+        x0 = predict_x0(scheduler, latents, out, i, t, sigmas[i]) if sigmas is not None else None
         latents = scheduler.step(out, t, latents, **kw, return_dict=False)[0]
         if callback is not None:
             callback({"i": i, "t": t, "latents": latents, "x0": x0})

@@ -85,10 +85,10 @@ def test_generate_several_seeds_one_file_each_and_same_pixels_as_api(tmp_path, t
     assert proc.returncode == 0, proc.stderr
     paths = proc.stdout.strip().splitlines()
     assert len(paths) == 2 and len(set(paths)) == 2
-    for path, seed in zip(paths, (3, 4)):
-        recipe = make_recipe(tiny_model, "a red fox", negative_prompt="blurry", seed=seed, steps=3,
-                             scheduler="euler-a")
-        [res] = render(tiny_model, [recipe], progress=False)
+    recipes = [make_recipe(tiny_model, "a red fox", negative_prompt="blurry", seed=seed, steps=3,
+                           scheduler="euler-a") for seed in (3, 4)]
+    results = render(tiny_model, recipes, progress=False)   # the same call shape: both seeds stacked
+    for path, res in zip(paths, results):
         assert pixel_diff(Image.open(path).convert("RGB"), res.image) == 0
 
 

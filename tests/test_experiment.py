@@ -203,7 +203,7 @@ def test_run_again_skips_finished_cells(five_run):
 
 @pytest.mark.parametrize("kind", ["plain", "guided"])
 def test_rerun_reproduces_a_cell_rendered_in_a_batch_exactly(five_run, tmp_path, kind):
-    """Batched cells go through the model one cell per call, so rendering alone gives the same bits."""
+    """A stacked cell rerun alone is padded to its recorded call shape, so it gets the same bits."""
     [original] = sorted(five_run.cells.glob(f"03-*-{kind}-*.png"))
     code, lines = run_cli("rerun", str(original), "--out", str(tmp_path))
     assert code == 0 and len(lines) == 1

@@ -124,7 +124,7 @@ def test_wrapper_moves_latents_only_on_guided_steps_and_by_grad_times_sigma_squa
     eps = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
     decoder = make_decoder(tiny_model, "vae")
     terms = [(resolve_loss(LossTerm("blue")), 500.0)]
-    history: list[list[float]] = [[]]
+    history: list[torch.Tensor] = []
     wrapped = make_guided_denoiser(lambda x, i, t: (x, eps), scheduler, guided(LossTerm("blue", 500.0), every=2),
                                    6, decoder, terms, history)
     x = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(2)) * scheduler.init_noise_sigma
@@ -138,7 +138,7 @@ def test_wrapper_moves_latents_only_on_guided_steps_and_by_grad_times_sigma_squa
         sigma = float(scheduler.sigmas[i])
         assert guidance_step_size(scheduler, i, t) == pytest.approx(sigma ** 2)
         assert torch.allclose(moved, x - grad * sigma ** 2, atol=1e-6) and not torch.equal(moved, x)
-    assert len(history[0]) == 3
+    assert len(history) == 3 and all(h.shape == (1,) for h in history)  # one (B,) tensor per guided step
 
 
 @pytest.mark.parametrize("name, prediction", [("lms", "epsilon"), ("euler", "epsilon"), ("ddim", "epsilon"),

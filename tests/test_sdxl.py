@@ -111,10 +111,10 @@ def test_batched_sdxl_cells_equal_cells_alone(tiny_sdxl_model):
     recipes = [make_recipe(tiny_sdxl_model, f"{PROMPT} {i}", negative_prompt=neg, seed=s, steps=4,
                            scheduler="euler-a", width=W, height=H)
                for i, (s, neg) in enumerate([(0, None), (1, NEGATIVE), (2, "")])]
-    batched = render(tiny_sdxl_model, recipes, progress=False)
-    fused = render(tiny_sdxl_model, recipes, progress=False, fused=True)
+    batched = render(tiny_sdxl_model, recipes, progress=False, mode="exact")   # one cell per model call
+    stacked = render(tiny_sdxl_model, recipes, progress=False)                 # the default: one call of 3
     single = [render(tiny_sdxl_model, [r], progress=False, batch_size=1)[0] for r in recipes]
-    for b, f, s in zip(batched, fused, single):
+    for b, f, s in zip(batched, stacked, single):
         assert pixel_diff(b.image, s.image) == 0
         assert pixel_diff(f.image, s.image) <= 1
     assert pixel_diff(batched[0].image, batched[1].image) > 10

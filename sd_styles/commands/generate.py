@@ -57,7 +57,7 @@ def guidance_from_args(args):
 def run(args: argparse.Namespace) -> int:
     from ..concepts import add_concepts, read_concept
     from ..errors import BadInput
-    from ..metadata import cell_filename, save_png
+    from ..metadata import cell_filename
     from ..models import load_model
     from ..rendering import make_recipe, render
 
@@ -85,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     paths = []
     for res in render(model, recipes):
-        paths.append(save_png(res.image, out / cell_filename(res.recipe), res.recipe, res.loss_history))
+        paths.append(res.save(out / cell_filename(res.recipe)))  # with its call shape and fingerprint
     print_paths(paths)
     return 0

@@ -1,4 +1,4 @@
-"""`sd-styles rerun IMAGE`: re-render an image, pixel for pixel, from the recipe it carries."""
+"""`sd-styles rerun IMAGE`: re-render an image from the recipe and call shape it carries; report how it compares."""
 
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..metadata import cell_filename, read_recipe, save_png
-    from ..reproduce import rerun
+    import sys
 
-    recipe = read_recipe(args.image)
-    res = rerun(recipe, model=args.model, device=args.device, dtype=args.dtype)
-    print_paths([save_png(res.image, Path(args.out) / cell_filename(res.recipe), res.recipe, res.loss_history)])
+    from ..metadata import cell_filename
+    from ..reproduce import rerun_image
+
+    # the recorded call shape is rebuilt; stderr says `identical` or how far off and under which conditions
+    res, report = rerun_image(args.image, model=args.model, device=args.device, dtype=args.dtype)
+    print_paths([res.save(Path(args.out) / cell_filename(res.recipe))])
+    print(report, file=sys.stderr)
     return 0

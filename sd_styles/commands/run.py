@@ -22,7 +22,13 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=seed_list, metavar="A,B,C,...", help="one seed per style, replacing the file's")
     p.add_argument("--out", default="outputs", help="output folder; files go to OUT/NAME/ (default outputs/)")
     p.add_argument("--batch-size", type=positive_int, default=8,
-                   help="cells sharing one denoising loop (default 8; each model call still sees one cell)")
+                   help="cells stacked into one UNet / VAE call (default 8); each image records its call shape")
+    p.add_argument("--exact", action="store_true",
+                   help="one cell per model call (the shape of a cell rendered alone; slower on a GPU)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="resume even if finished cells were made under another execution fingerprint")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first call per shape)")
+    p.add_argument("--channels-last", action="store_true", help="UNet in channels_last memory format")
     p.add_argument("--export-format", default="jpeg", choices=["jpeg", "webp"], help="blog copies (default jpeg)")
     p.set_defaults(func=run)
 
@@ -46,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     for style in exp.styles:
         read_concept(style.concept, style.token)  # a missing or broken concept fails before weights load
     # each path is printed as soon as it is written: a caller sees finished cells even if the run dies
+    # under `accelerate launch` each process renders its share of the call batches (see runner.py)
     run_experiment(exp, out=args.out, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                   export_format=args.export_format, on_written=lambda path: print_paths([path]))
+                   mode="exact" if args.exact else "stacked", allow_mixed=args.allow_mixed, compile=args.compile,
+                   channels_last=args.channels_last, export_format=args.export_format,
+                   on_written=lambda path: print_paths([path]))
     return 0
