@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
-from .errors import BadInput
+from . import hub
+from .errors import BadInput, one_line
+from .hub import DEFAULT_MODEL, MODEL_FIX, is_hub_id
 from .tiny import TINY_ID, TINY_VERSION, build_tiny_pipeline
 
-DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -81,27 +82,25 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _looks_like_path(source: str) -> bool:
-    # hub ids are exactly "org/name"; anything else is meant as a folder
-    return source.startswith((".", "/", "~")) or "\\" in source or source.count("/") != 1
-
-
-def _from_pretrained(source: str, revision: str | None, dtype: torch.dtype) -> StableDiffusionPipeline:
+def _from_pretrained(source: str, revision: str | None, dtype: torch.dtype) -> tuple[StableDiffusionPipeline, str | None]:
+    """The pipeline and the hub commit it was loaded from (None for a local folder)."""
     local = Path(source).expanduser()
     if local.exists():
         if not (local / "model_index.json").is_file():
             raise BadInput(f"--model {source}: folder has no model_index.json (not a diffusers model folder)")
-        source = str(local)
-    elif _looks_like_path(source):
+        source, revision = str(local), None
+    elif not is_hub_id(source):
         raise BadInput(f"--model {source}: no such folder; give a hub id (org/name), a local diffusers folder, or 'tiny'")
+    cache_only = is_hub_id(source) and hub.require_cached("--model", source, "model_index.json", MODEL_FIX, revision)
     try:
-        return StableDiffusionPipeline.from_pretrained(
-            source, revision=revision, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            source, revision=revision, dtype=dtype, safety_checker=None, requires_safety_checker=False,
+            local_files_only=cache_only)
     except OSError as err:  # huggingface_hub raises OSError subclasses for offline / missing / gated repos
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BadInput(
-            f"--model {source}: cannot load it ({first[:160]}). It is not cached and the hub may be unreachable: "
-            "use --model tiny for an offline demo, or a local diffusers folder") from err
+        raise BadInput(f"--model {source}: cannot load it ({one_line(err)}). It may not be fully cached and the hub "
+                       f"may be unreachable: {MODEL_FIX}") from err
+    commit = hub.snapshot_revision(source, "model_index.json", revision) if is_hub_id(source) else None
+    return pipe, commit
 
 
 def load_model(source: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
@@ -112,8 +111,8 @@ def load_model(source: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
     if source == TINY_ID:
         pipe, rev = build_tiny_pipeline(), f"v{TINY_VERSION}"
     else:
-        pipe = _from_pretrained(source, revision, dt)
-        rev = revision or getattr(pipe.unet.config, "_commit_hash", None)
+        pipe, commit = _from_pretrained(source, revision, dt)
+        rev = commit or revision  # the snapshot's commit: `rerun` pins it
     # The VAE overflows in fp16 on some inputs (NaN / black images); keep it in fp32 when its config asks.
     vae_dt = torch.float32 if dt == torch.float16 and getattr(pipe.vae.config, "force_upcast", True) else dt
     for module, want in ((pipe.unet, dt), (pipe.text_encoder, dt), (pipe.vae, vae_dt)):

@@ -34,7 +34,8 @@ def make_recipe(model: StyleModel, prompt: str, **settings) -> Recipe:
     settings.setdefault("width", width)
     settings.setdefault("height", height)
     text = prompt + " " + settings.get("negative_prompt", "")
-    refs = tuple(ConceptRef(_portable(c.source), c.token, c.sha256) for tok, c in model.concepts.items() if tok in text)
+    refs = tuple(ConceptRef(_portable(c.source), c.token, c.sha256, c.revision)
+                 for tok, c in model.concepts.items() if tok in text)
     settings.setdefault("concepts", refs)
     return Recipe(prompt=prompt, model=model.source, model_revision=model.revision, **settings).check()
 

@@ -1,12 +1,19 @@
-"""Re-render a recipe from scratch: load its model and concepts, render one cell."""
+"""Re-render a recipe from scratch: load its model (at the recorded hub revision) and concepts, render one cell.
+
+A recipe read from a file is untrusted: `check_rerun` refuses a `module:function` loss unless its module
+is allowed explicitly, because importing a module runs its code.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Collection
 
 from .concepts import add_concept
-from .losses import check_loss
+from .errors import BadInput
+from .hub import is_hub_id
+from .losses import BUILTIN_LOSSES, check_loss
 from .models import StyleModel, load_model
 from .recipe import Recipe
 from .rendering import Result, render
@@ -14,20 +21,44 @@ from .rendering import Result, render
 log = logging.getLogger(__name__)
 
 
+def loss_module(name: str) -> str | None:
+    """The module a `module:function` loss name would import; None for built-ins."""
+    if name.partition("=")[0].strip() in BUILTIN_LOSSES or ":" not in name:
+        return None
+    return name.partition(":")[0]
+
+
+def check_rerun(recipe: Recipe, *, allow_loss_modules: Collection[str] = ()) -> Recipe:
+    """Everything a rerun needs, checked before weights load; never imports a module that was not allowed."""
+    recipe.check()
+    for term in recipe.guidance.losses if recipe.guidance is not None else ():
+        module = loss_module(term.name)
+        if module is not None and module not in allow_loss_modules and term.fn is None:
+            raise BadInput(f"the recipe names the loss {term.name!r}, which would import the Python module "
+                           f"{module!r} and run its code; if you trust it, pass --allow-loss-module {module}")
+        check_loss(term)  # built-ins and allowed modules: their arguments and import are checked now
+    return recipe
+
+
+def load_recorded_model(recipe: Recipe, model: str | None = None, *, device: str = "auto",
+                        dtype: str = "auto") -> StyleModel:
+    """The recipe's model at its recorded hub revision, or `model` instead (then at its newest revision)."""
+    pinned = recipe.model_revision if model is None and is_hub_id(recipe.model) else None
+    return load_model(model or recipe.model, device=device, dtype=dtype, revision=pinned)
+
+
 def rerun(recipe: Recipe, *, model: str | StyleModel | None = None, device: str = "auto",
-          dtype: str = "auto") -> Result:
+          dtype: str = "auto", allow_loss_modules: Collection[str] = ()) -> Result:
     """Render `recipe` again. `model` overrides the recorded model (a source string or a loaded model)."""
-    if recipe.guidance is not None:
-        for term in recipe.guidance.losses:
-            check_loss(term)  # an unimportable user loss fails before any weights load
+    check_rerun(recipe, allow_loss_modules=allow_loss_modules)  # fails before any weights load
     if not isinstance(model, StyleModel):
-        model = load_model(model or recipe.model, device=device, dtype=dtype, revision=None)
+        model = load_recorded_model(recipe, model, device=device, dtype=dtype)
     if model.source == recipe.model and recipe.model_revision and model.revision != recipe.model_revision:
         # the hub (or the tiny model's version) moved on since the image was made: pixels may differ
         log.warning("model %s is at revision %s, the image was made with %s", model.source, model.revision,
                     recipe.model_revision)
     for ref in recipe.concepts:
-        loaded = add_concept(model, ref.source, token=ref.token)
+        loaded = add_concept(model, ref.source, token=ref.token, revision=ref.revision)  # pinned hub commit
         if ref.sha256 and loaded.sha256 and loaded.sha256 != ref.sha256:
             log.warning("concept %s changed since the image was made (sha256 %s != %s)",
                         ref.source, loaded.sha256[:12], ref.sha256[:12])
