@@ -76,26 +76,18 @@ def a1111_fields(recipe: Recipe, loss_history: list[float] | None = None) -> dic
 def a1111_parameters(recipe: Recipe, loss_history: list[float] | None = None) -> str:
     """`prompt\\nNegative prompt: ...\\nSteps: 50, Sampler: LMS, CFG scale: 7.5, Seed: 101, ...` (A1111's layout)."""
     line = ", ".join(f"{k}: {a1111_quote(v)}" for k, v in a1111_fields(recipe, loss_history).items())
-    negative = f"\nNegative prompt: {recipe.negative_prompt}" if recipe.negative_prompt else ""
+    negative = f"\n{NEGATIVE_MARK} {a1111_prompt_text(recipe.negative_prompt)}" if recipe.negative_prompt else ""
     return f"{a1111_prompt_text(recipe.prompt)}{negative}\n{line}".strip()  # A1111 strips the whole text too
 
 
-def a1111_prompt_text(prompt: str) -> str:
-    """The prompt as A1111-style readers must see it: no line of it may start like the negative prompt.
+def a1111_prompt_text(text: str) -> str:
+    """A prompt as A1111-style readers must see it: the negative-prompt marker never appears inside it.
 
-    Readers switch to the negative prompt at any line starting `Negative prompt:`, so such a line is
-    flattened onto the line before (a space for the line break), and at the very start the marker is
-    spaced (`Negative prompt :`). The exact prompt stays in the JSON recipe.
+    A1111 switches to the negative prompt at a line starting `Negative prompt:` and sd-parsers splits
+    at the marker anywhere, so inside a prompt (or a negative prompt) it is written `Negative prompt :`.
+    The exact text stays in the JSON recipe.
     """
-    out: list[str] = []
-    for line in prompt.split("\n"):
-        if line.strip().startswith(NEGATIVE_MARK):
-            if out:
-                out[-1] = f"{out[-1]} {line.strip()}"
-                continue
-            line = line.replace(NEGATIVE_MARK, NEGATIVE_MARK[:-1] + " :", 1)
-        out.append(line)
-    return "\n".join(out)
+    return text.replace(NEGATIVE_MARK, NEGATIVE_MARK[:-1] + " :")
 
 
 def parse_a1111_parameters(text: str) -> tuple[str, str, dict[str, str]]:
