@@ -44,11 +44,13 @@ def exit_code(argv) -> int:
 def no_model_load(monkeypatch):
     """Any attempt to load weights fails the test: errors must come before."""
     import sd_styles.models
+    import sd_styles.reproduce  # imported now, so it binds the real load_model (restored after the test)
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model must not load before this error")
 
     monkeypatch.setattr(sd_styles.models, "load_model", refuse)
+    monkeypatch.setattr(sd_styles.reproduce, "load_model", refuse)
 
 
 def one_error_line(capsys) -> str:
