@@ -53,6 +53,11 @@ def rerun(recipe: Recipe, *, model: str | StyleModel | None = None, device: str 
     check_rerun(recipe, allow_loss_modules=allow_loss_modules)  # fails before any weights load
     if not isinstance(model, StyleModel):
         model = load_recorded_model(recipe, model, device=device, dtype=dtype)
+    if recipe.refiner is not None and (model.refiner is None or model.refiner.source != recipe.refiner):
+        from .refiner import load_refiner
+
+        pinned = recipe.refiner_revision if is_hub_id(recipe.refiner) else None  # the recorded hub commit
+        load_refiner(model, recipe.refiner, revision=pinned)
     if model.source == recipe.model and recipe.model_revision and model.revision != recipe.model_revision:
         # the hub (or the tiny model's version) moved on since the image was made: pixels may differ
         log.warning("model %s is at revision %s, the image was made with %s", model.source, model.revision,

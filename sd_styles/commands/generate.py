@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--concept", action="append", default=[], metavar="SRC",
                    help="textual-inversion concept: hub id, .bin/.pt/.safetensors/.png file, or folder (repeatable)")
     p.add_argument("--token", help="trigger token for the one --concept given")
-    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--negative", help="negative prompt (none by default: SDXL then uses zeros, unlike --negative '')")
     p.add_argument("--seed", type=seed_int, action="append", help="one image per seed; repeatable (default 0)")
     p.add_argument("--steps", type=positive_int, default=50, help="denoising steps, 1 to 1000")
     p.add_argument("--cfg", type=finite_float, default=7.5, help="classifier-free guidance scale, >= 0")
@@ -34,6 +34,10 @@ def register(sub) -> None:
     p.add_argument("--loss-decoder", default="vae", metavar="vae|tiny|linear|PATH",
                    help="decoder for the loss: full VAE, TAESD from the hub, 4x3 latent-to-RGB map, "
                         "or a local AutoencoderTiny folder (default vae)")
+    p.add_argument("--refiner", metavar="ID|PATH",
+                   help="SDXL refiner (hub id, folder or tiny-sdxl-refiner) for the last steps of the schedule")
+    p.add_argument("--refiner-switch", type=finite_float, metavar="F",
+                   help="fraction of the schedule the base runs before the refiner takes over (default 0.8)")
     p.add_argument("--out", default="outputs", help="output folder (default outputs/)")
     p.set_defaults(func=run)
 
@@ -57,9 +61,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.token and len(args.concept) != 1:
         raise BadInput("--token needs exactly one --concept")
+    if args.refiner_switch is not None and not args.refiner:
+        raise BadInput("--refiner-switch needs --refiner")
+    if args.refiner_switch is not None and not 0 < args.refiner_switch < 1:
+        raise BadInput(f"--refiner-switch must be between 0 and 1 (exclusive), got {args.refiner_switch:g}")
     out = check_out_dir(args.out)
     # before torch loads: a hub file that is neither cached nor downloadable fails in seconds, in one line
     hub.preflight(model=args.model, concepts=args.concept, losses=args.loss, decoder=args.loss_decoder)
+    hub.preflight(model=args.refiner)
+    if args.refiner:
+        from ..refiner import check_refiner_sources
+
+        check_refiner_sources(args.model, args.refiner)
 
     from ..concepts import add_concepts, read_concept
     from ..metadata import cell_filename, save_png
@@ -67,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     guidance = guidance_from_args(args)  # validate everything cheap before loading weights
     size_settings = {"width": args.size[0], "height": args.size[1]} if args.size else {}
+    if args.refiner_switch is not None:
+        size_settings["refiner_switch"] = args.refiner_switch
     for seed in args.seed or [0]:  # the recipe's own rule (steps 1-1000, cfg >= 0, ...), before any weights load
         Recipe(prompt=args.prompt, negative_prompt=args.negative, seed=seed, steps=args.steps, cfg=args.cfg,
                scheduler=args.scheduler, guidance=guidance, **size_settings).check()
@@ -77,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from ..rendering import make_recipe, render
     from ..truncation import check_prompt_length
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, refiner=args.refiner)
     add_concepts(model, args.concept, token=args.token)
     recipes = [make_recipe(model, args.prompt, negative_prompt=args.negative, seed=seed, steps=args.steps,
                            cfg=args.cfg, scheduler=args.scheduler, guidance=guidance, **size_settings)

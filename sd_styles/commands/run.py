@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         exp = replace(exp, model=args.model)
     check_out_dir(Path(args.out) / exp.name)
+    if exp.refiner:
+        from ..refiner import check_refiner_sources
+
+        check_refiner_sources(exp.model, exp.refiner)
 
     from ..concepts import read_concept
     from ..runner import run_experiment
