@@ -11,8 +11,8 @@ log = logging.getLogger(__name__)
 
 def overflow(model, text: str) -> dict | None:
     """{tokens, limit, dropped} when `text` (concept tokens expanded) exceeds the tokenizer's window, else None."""
-    tokenizer = model.pipe.tokenizer
-    if not text:
+    tokenizer = getattr(model.pipe, "tokenizer", None)
+    if not text or tokenizer is None:  # an SDXL refiner alone has no first tokenizer
         return None
     # diffusers' own expansion of multi-vector concept tokens, as the loop encodes the prompt
     ids = tokenizer(model.pipe.maybe_convert_prompt(text, tokenizer), truncation=False).input_ids
