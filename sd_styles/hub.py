@@ -29,7 +29,7 @@ TAESD_REPOS = {"sd": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}  # --lo
 MODEL_FIX = "use --model tiny for an offline demo, or a local diffusers folder"
 CONCEPT_FIX = ("download it once online, or pass a local file or folder "
                "(offline demo: sd-styles run concepts/tiny_demo.toml)")
-CLIP_FIX = "download it once online, or pass a local CLIPModel folder (clip_loss(prompt, model_id=PATH))"
+CLIP_FIX = "download it once online, or pass a local folder holding a CLIPModel (clip_loss(prompt, model_id=PATH))"
 TAESD_FIX = "download it once online, or use --loss-decoder vae or linear, or a local AutoencoderTiny folder"
 CONCEPT_WEIGHTS = ("learned_embeds.safetensors", "learned_embeds.bin")  # a hub concept repo holds one of them
 
@@ -143,7 +143,7 @@ def preflight(model: str | None = None, concepts=(), losses=(), decoder: str | N
         source, revision = (item, None) if isinstance(item, str) else item
         if is_hub_id(source):
             needs.append(("concept", source, CONCEPT_WEIGHTS, CONCEPT_FIX, revision))
-    if any(isinstance(n, str) and n.partition("=")[0].strip() == "clip" for n in losses):
+    if any(isinstance(n, str) and "=" in n and n.partition("=")[0].strip() == "clip" for n in losses):  # clip=TEXT
         needs.append(("clip loss: CLIP model", DEFAULT_CLIP, ("config.json",), CLIP_FIX, None))
     if not needs and decoder != "tiny":
         return
