@@ -10,7 +10,7 @@ import sys
 import traceback
 
 # Each sub-command lives in sd_styles/commands/<name>.py with `register(subparsers)`; its parser sets `func`.
-COMMANDS = ("generate", "info", "rerun", "concepts", "run")
+COMMANDS = ("generate", "info", "rerun", "concepts", "run", "app")
 
 
 # Warnings known to be harmless for our use, silenced unless --debug; every other warning still shows.

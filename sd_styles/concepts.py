@@ -9,6 +9,11 @@ Only public APIs change the model: `tokenizer.add_tokens`, `text_encoder.resize_
 `get_input_embeddings()`. A tokenizer cannot forget an added token, so vocabulary slots we added are
 remembered on the model (`model.token_slots`) and reused when the same token is loaded again; a removed concept's slots
 keep their ids but get zero vectors. Tokens match prompts exactly as written (case included).
+
+SDXL has two tokenizer / text-encoder pairs (`tokenizer` + `text_encoder`: CLIP ViT-L, 768 wide;
+`tokenizer_2` + `text_encoder_2`: OpenCLIP bigG, 1280 wide). An SDXL file's `clip_l` vectors go into the
+first pair and its `clip_g` vectors into the second, under the same token in both tokenizers, as diffusers'
+documented two `load_textual_inversion` calls do; a refiner has only the second pair and gets `clip_g`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,36 @@ if TYPE_CHECKING:
     from .models import StyleModel
 
 GROW_BY = 64  # the embedding matrix grows in blocks of this many rows
+
+
+@dataclass(frozen=True)
+class EncoderPair:
+    """One tokenizer + text encoder of a model, and which vectors of a concept file it takes."""
+
+    key: str                # TEXT for SD 1.x / 2.x; clip_l or clip_g (the SDXL file's keys) for SDXL
+    tokenizer: object       # a transformers CLIP tokenizer
+    text_encoder: object    # CLIPTextModel (or CLIPTextModelWithProjection for SDXL's second encoder)
+
+    @property
+    def width(self) -> int:
+        return self.text_encoder.get_input_embeddings().embedding_dim
+
+
+def encoder_pairs(pipe) -> list[EncoderPair]:
+    """The model's tokenizer / text-encoder pairs: one for SD 1.x / 2.x, two for SDXL, clip_g only for a refiner."""
+    if getattr(pipe, "text_encoder_2", None) is None:
+        return [EncoderPair(TEXT, pipe.tokenizer, pipe.text_encoder)]
+    pairs = (("clip_l", pipe.tokenizer, pipe.text_encoder), ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2))
+    return [EncoderPair(k, tok, te) for k, tok, te in pairs if te is not None]
+
+
+def model_widths(pairs: list[EncoderPair]) -> str:
+    """How a width message names the model: '768 wide (SD 1.x)' or '768+1280 wide (SDXL: clip_l+clip_g)'."""
+    if pairs[0].key == TEXT:
+        return f"{pairs[0].width} wide ({family_of(pairs[0].width)})"
+    keys = "+".join(p.key for p in pairs)
+    kind = "SDXL" if len(pairs) == 2 else "SDXL refiner"
+    return f"{'+'.join(str(p.width) for p in pairs)} wide ({kind}: {keys})"
 
 
 @dataclass(frozen=True)
@@ -63,10 +98,11 @@ class LoadedConcept:
     token: str
     sha256: str
     format: str
-    width: int
+    width: int              # width of the first text encoder it went into (768 for SDXL's clip_l)
     n_vectors: int
     tokens: list[str]       # vocabulary tokens it occupies: token, token_1, ...
     path: str = ""
+    widths: tuple = ()      # (encoder key, width) per text encoder it went into: (("clip_l", 768), ("clip_g", 1280))
     revision: str | None = None  # hub commit the file came from (hub ids only): recipes record it
 
 
@@ -113,31 +149,47 @@ def remove_concept(model: StyleModel, token: str) -> None:
     if concept is None:
         loaded = ", ".join(model.concepts) or "none"
         raise BadInput(f"no concept with token {token!r} is loaded (loaded: {loaded})")
-    ids = model.pipe.tokenizer.convert_tokens_to_ids(concept.tokens)
-    weight = model.pipe.text_encoder.get_input_embeddings().weight
-    with torch.no_grad():
-        weight[ids] = 0
+    for pair in encoder_pairs(model.pipe):
+        ids = pair.tokenizer.convert_tokens_to_ids(concept.tokens)
+        weight = pair.text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            weight[ids] = 0
 
 
 def _check(model: StyleModel, files: list[ConceptFile]) -> None:
     """Every reason a load could fail, checked before anything is modified."""
-    tokenizer, text_encoder = model.pipe.tokenizer, model.pipe.text_encoder
-    width = text_encoder.get_input_embeddings().embedding_dim
+    pairs = encoder_pairs(model.pipe)
     for f in files:
-        e = f.embedding
-        if e.is_sdxl:
-            raise BadInput(f"{f.source} is an SDXL embedding ({'+'.join(SDXL_KEYS)}, {e.width_label} wide); "
-                           f"loading into SDXL is not supported yet and this model is {family_of(width)} "
-                           f"({width} wide)")
-        if e.widths[TEXT] != width:
-            raise BadInput(f"{f.source} has {e.widths[TEXT]}-wide vectors ({e.family}) but this model's text "
-                           f"encoder is {width} wide ({family_of(width)}); {WIDTHS_HELP}")
+        _check_widths(f, pairs)
     seen = [f.token for f in files]
     if len(set(seen)) < len(seen):
         raise BadInput(f"two concepts want the same token ({', '.join(seen)}); give each its own token")
     slots = model.token_slots
-    added = {t.content for t in tokenizer.added_tokens_decoder.values() if not t.special}
-    base = set(tokenizer.get_vocab()) - added
+    added: set[str] = set()
+    for pair in pairs:
+        mine = {t.content for t in pair.tokenizer.added_tokens_decoder.values() if not t.special}
+        _check_tokens(files, set(pair.tokenizer.get_vocab()) - mine, mine, slots)
+        added |= mine
+    _check_vocabulary_use(model, files, added | {v for f in files for v in f.vocab_tokens}, slots)
+
+
+def _check_widths(f: ConceptFile, pairs: list[EncoderPair]) -> None:
+    """The file has vectors for every text encoder of the model, each as wide as that encoder (one-line refusals)."""
+    e, sdxl_model = f.embedding, pairs[0].key != TEXT
+    model = f"this model's text encoder{'s are' if sdxl_model else ' is'} {model_widths(pairs)}; {WIDTHS_HELP}"
+    if e.is_sdxl != sdxl_model:
+        kind = f"is an SDXL embedding ({e.width_label} wide: {'+'.join(SDXL_KEYS)})" if e.is_sdxl else \
+            f"has {e.width_label}-wide vectors ({e.family})"
+        raise BadInput(f"{f.source} {kind} but {model}")
+    for pair in pairs:
+        if e.widths[pair.key] != pair.width:
+            what = f"its {pair.key} vectors are {e.widths[pair.key]} wide" if sdxl_model else \
+                f"has {e.widths[pair.key]}-wide vectors ({e.family})"
+            raise BadInput(f"{f.source} {what} but {model}")
+
+
+def _check_tokens(files: list[ConceptFile], base: set[str], added: set[str], slots: dict) -> None:
+    """No concept token is a word of this tokenizer, or a token other code added to it."""
     for f in files:
         for v in f.vocab_tokens:
             low = v.lower()  # CLIP lowercases prompts: "Cat" would shadow the word "cat"
@@ -147,7 +199,6 @@ def _check(model: StyleModel, files: list[ConceptFile]) -> None:
             if v in added and v not in slots:
                 raise BadInput(f"token {v!r} of {f.source} was already added to the tokenizer by other code; "
                                "pick another with --token")
-    _check_vocabulary_use(model, files, added | {v for f in files for v in f.vocab_tokens}, slots)
 
 
 def _check_vocabulary_use(model: StyleModel, files: list[ConceptFile], vocab: set[str], slots: dict[str, int]) -> None:
@@ -174,10 +225,23 @@ def _check_vocabulary_use(model: StyleModel, files: list[ConceptFile], vocab: se
 
 
 def _install(model: StyleModel, f: ConceptFile) -> LoadedConcept:
-    """Write the vectors: reuse this tokenizer's slots for known tokens, add (and grow) for new ones."""
-    tokenizer, text_encoder = model.pipe.tokenizer, model.pipe.text_encoder
+    """Write the vectors into every text encoder: reuse our slots for known tokens, add (and grow) for new ones."""
+    pairs = encoder_pairs(model.pipe)
     slots = model.token_slots
     new = [v for v in f.vocab_tokens if v not in slots]
+    ids = [_write(pair, f.vocab_tokens, new, f.embedding.vectors[pair.key]) for pair in pairs]
+    slots.update({v: ids[0][f.vocab_tokens.index(v)] for v in new})  # ids in the first tokenizer (each has its own)
+    widths = tuple((p.key, p.width) for p in pairs)
+    loaded = LoadedConcept(source=f.source, token=f.token, sha256=f.sha256, format=f.embedding.format,
+                           width=widths[0][1], n_vectors=f.embedding.n_vectors, tokens=f.vocab_tokens,
+                           path=f.path, widths=widths, revision=f.revision)
+    model.concepts[f.token] = loaded
+    return loaded
+
+
+def _write(pair: EncoderPair, tokens: list[str], new: list[str], vectors: torch.Tensor) -> list[int]:
+    """Add `new` to this pair's tokenizer (growing its encoder's matrix if needed), then set the rows of `tokens`."""
+    tokenizer, text_encoder = pair.tokenizer, pair.text_encoder
     if new:
         rows = text_encoder.get_input_embeddings().num_embeddings
         if len(tokenizer) + len(new) > rows:
@@ -187,16 +251,11 @@ def _install(model: StyleModel, f: ConceptFile) -> LoadedConcept:
                 text_encoder.resize_token_embeddings(len(tokenizer) + len(new), pad_to_multiple_of=GROW_BY,
                                                      mean_resizing=False)
         tokenizer.add_tokens([_added_token(v) for v in new])
-        slots.update({v: tokenizer.convert_tokens_to_ids(v) for v in new})
-    ids = [slots[v] for v in f.vocab_tokens]
+    ids = tokenizer.convert_tokens_to_ids(tokens)
     weight = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
-        weight[ids] = f.embedding.vectors[TEXT].to(dtype=weight.dtype, device=weight.device)
-    loaded = LoadedConcept(source=f.source, token=f.token, sha256=f.sha256, format=f.embedding.format,
-                           width=weight.shape[1], n_vectors=f.embedding.n_vectors, tokens=f.vocab_tokens,
-                           path=f.path, revision=f.revision)
-    model.concepts[f.token] = loaded
-    return loaded
+        weight[ids] = vectors.to(dtype=weight.dtype, device=weight.device)
+    return ids
 
 
 def _added_token(content: str):

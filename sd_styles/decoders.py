@@ -4,10 +4,15 @@
 a CPU). `tiny`: TAESD, diffusers' `AutoencoderTiny` from the hub (~14x cheaper than the VAE).
 `linear`: a fixed 4x3 latent-to-RGB map (free, coarse, at latent resolution). PATH: a local
 AutoencoderTiny folder. Decoders are built once per model (benchmarks/RESULTS.md has the figures).
+
+SDXL works in its own latent space (VAE scaling factor 0.13025, or `latents_mean/std` in the VAE config):
+`tiny` is then TAESDXL (`madebyollin/taesdxl`) and `linear` uses the SDXL factors. The family is read from
+the model's components (a second text encoder, the UNet's text_time conditioning), never from its name.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Callable
@@ -17,6 +22,7 @@ import torch
 from . import hub
 from .errors import BadInput, one_line
 from .hub import TAESD_FIX, TAESD_REPOS  # the hub ids live with the other hub facts
+from .sampling import unscale_latents  # the final decode's unscaling (latents_mean/std or scaling_factor)
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -25,8 +31,10 @@ _ALLOWED = "vae, tiny, linear, or a folder holding an AutoencoderTiny (config.js
 
 # Latent -> RGB in [-1, 1]: rgb = z @ FACTORS + BIAS on the UNet's (scaled) latents. The numbers are the
 # "latent preview" factors of ComfyUI, comfy/latent_formats.py (classes SD15 and SDXL, `latent_rgb_factors`
-# and `latent_rgb_factors_bias`; github.com/comfyanonymous/ComfyUI at commit 040a324), where the previewer
-# applies them to the sampler's x0 in scaled latent space. SD 1.x has no bias there; SD 2.x shares its VAE.
+# and `latent_rgb_factors_bias`; github.com/comfyanonymous/ComfyUI at commit
+# 040a3243468ecefd1f2802592d90458f1ce4d65f), where the previewer applies them to the sampler's x0 in scaled
+# latent space (rgb = linear(x0, factors, bias), then (rgb + 1) / 2). SD 1.x has no bias there; SD 2.x
+# shares its VAE.
 SD1_LATENT_RGB = ((0.3512, 0.2297, 0.3227),
                   (0.3250, 0.4974, 0.2350),
                   (-0.2829, 0.1762, 0.2721),
@@ -48,19 +56,44 @@ def straight_through_clamp(images: torch.Tensor) -> torch.Tensor:
     return images + (images.clamp(0, 1) - images).detach()
 
 
+def loss_decode_dtype(vae) -> torch.dtype:
+    """The dtype the loss decode runs the VAE in: its own, unless it is fp16 and its config asks for upcasting.
+
+    The SDXL VAE overflows in fp16 (NaN / black images; its config sets `force_upcast`), and diffusers' pipelines
+    decode it in fp32. bf16 has fp32's range at half its memory, so such a VAE is decoded in bf16 where the device
+    computes it natively (CUDA compute capability 8.0+) and in fp32 elsewhere.
+    """
+    if vae.dtype != torch.float16 or not getattr(vae.config, "force_upcast", False):
+        return vae.dtype
+    device = next(vae.parameters()).device
+    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native_bf16 else torch.float32
+
+
+def loss_vae(vae):
+    """The VAE to differentiate through: `vae` itself, or a copy in `loss_decode_dtype(vae)`.
+
+    The copy is built once per model (decoders are cached) and only ever used for the loss decode; final
+    images keep the model's own VAE.
+    """
+    dtype = loss_decode_dtype(vae)
+    return vae if dtype == vae.dtype else copy.deepcopy(vae).to(dtype).requires_grad_(False)
+
+
 def vae_decoder(vae, checkpoint: bool = False) -> Decoder:
-    """x = D(z / scaling_factor) / 2 + 1/2 through the model's AutoencoderKL (or any diffusers VAE).
+    """x = D(unscale(z)) / 2 + 1/2 through the model's AutoencoderKL (or a safe-precision copy, see `loss_vae`).
 
     `checkpoint` recomputes each decoder block in the backward instead of keeping its activations
     (diffusers' gradient checkpointing, per up-block): at 512x512 in fp16 the activations kept for the
     backward drop from ~2.9 GiB to a ~1.7 GiB peak (estimate, benchmarks/RESULTS.md), for one more
-    decoder forward.
+    decoder forward. SDXL at 1024x1024: see `sd_styles.decoder_memory`.
     """
+    vae = loss_vae(vae)
     if checkpoint and getattr(vae, "_supports_gradient_checkpointing", False):
         vae.enable_gradient_checkpointing()  # only active while grad is enabled: plain decodes are unchanged
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
-        z = latents.to(vae.dtype) / vae.config.scaling_factor
+        z = unscale_latents(vae, latents.to(vae.dtype))
         # autograd.grad(loss, latents) computes no weight gradients, so the VAE's parameters need no freezing
         images = vae.decode(z, return_dict=False)[0]
         return straight_through_clamp(images.float() / 2 + 0.5)
@@ -95,9 +128,21 @@ def linear_decoder(factors, bias) -> Decoder:
     return decode
 
 
+def latent_family(pipe) -> str:
+    """'sdxl' or 'sd': the VAE latent space the model's UNet denoises in (TAESD vs TAESDXL, linear factors).
+
+    From the model's own components, never its name: SDXL pipelines (base and refiner) carry a second text
+    encoder (`text_encoder_2`), and their UNet takes the text_time extra conditioning.
+    """
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl"
+    unet_config = getattr(getattr(pipe, "unet", None), "config", None)
+    return "sdxl" if getattr(unet_config, "addition_embed_type", None) == "text_time" else "sd"
+
+
 def is_sdxl(pipe) -> bool:
-    """SDXL (base or refiner): the UNet takes the text_time extra conditioning."""
-    return getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
+    """SDXL base or refiner (see `latent_family`)."""
+    return latent_family(pipe) == "sdxl"
 
 
 def load_taesd(source: str, device: torch.device, dtype: torch.dtype):
@@ -118,12 +163,12 @@ def _build(model, name: str, checkpoint: bool) -> Decoder:
     pipe = model.pipe
     if name == "vae":
         return vae_decoder(pipe.vae, checkpoint=checkpoint)
+    family = latent_family(pipe)
     if name == "linear":
-        sdxl = is_sdxl(pipe)
-        if sdxl:
+        if family == "sdxl":
             return linear_decoder(SDXL_LATENT_RGB, SDXL_LATENT_RGB_BIAS)
         return linear_decoder(SD1_LATENT_RGB, SD1_LATENT_RGB_BIAS)
-    source = TAESD_REPOS["sdxl" if is_sdxl(pipe) else "sd"] if name == "tiny" else str(Path(name).expanduser())
+    source = TAESD_REPOS[family] if name == "tiny" else str(Path(name).expanduser())
     return taesd_decoder(load_taesd(source, model.device, model.dtype))
 
 

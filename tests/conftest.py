@@ -66,7 +66,6 @@ def tiny_sd2_dir(tmp_path_factory, shared_fixtures) -> Path:
     return _real_tokenizer_model(tmp_path_factory, shared_fixtures, "stable-diffusion-2-1-base", 1024)
 
 
-
 @pytest.fixture(scope="session")
 def tiny_sdxl_dir(tmp_path_factory) -> Path:
     """The built-in tiny SDXL base (two byte-level encoders, 32 + 64 wide) saved as a diffusers folder."""
@@ -89,3 +88,11 @@ def tiny_sdxl_model(tiny_sdxl_dir, tiny_sdxl_refiner_dir):
     from sd_styles.models import load_model
 
     return load_model(str(tiny_sdxl_dir), device="cpu", dtype="fp32", refiner=str(tiny_sdxl_refiner_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_real_dir(tmp_path_factory, shared_fixtures) -> Path:
+    """Tiny SDXL base (random UNet/VAE) with the real SDXL tokenizers and 768 + 1280 wide text encoders."""
+    from sdxl_tiny import save_tiny_sdxl
+
+    return save_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl-real-tokenizers", shared_fixtures)

@@ -1,0 +1,48 @@
+"""notebooks/app.ipynb: stored clean and in sync with its builder; it starts the app inline and serves /generate."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "app.ipynb"
+
+
+def load_builder():
+    spec = importlib.util.spec_from_file_location("build_app", ROOT / "notebooks" / "build_app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_notebook_is_clean_and_matches_its_builder():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+    assert json.loads(nbformat.writes(load_builder().build())) == json.loads(NOTEBOOK.read_text(encoding="utf-8")), \
+        "notebooks/app.ipynb is stale: run python notebooks/build_app.py"
+    [params] = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert "SHARE = False" in params.source
+    assert any("inline=True" in c.source and "launch(" in c.source for c in nb.cells)
+
+
+@pytest.mark.slow
+def test_notebook_starts_the_app_and_generates(tmp_path):
+    papermill = pytest.importorskip("papermill")
+    pytest.importorskip("gradio")
+    from app_helpers import free_port
+
+    out = tmp_path / "out"
+    executed = tmp_path / "executed.ipynb"
+    papermill.execute_notebook(str(NOTEBOOK), str(executed), kernel_name="python3", cwd=str(tmp_path),
+                               progress_bar=False, log_output=False,
+                               parameters=dict(MODEL="tiny", OUT_DIR=str(out), PORT=free_port(), CLOSE_AT_END=True))
+    text = json.dumps(nbformat.read(executed, as_version=4).cells)
+    assert "Seed: 7" in text and "a lighthouse at dusk" in text
+    [png] = out.glob("sessions/*/a-lighthouse-at-dusk-s7-*.png")
+    assert png.stat().st_size > 0
