@@ -10,28 +10,42 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-REPO_URL = "https://github.com/YOUR-ORG/sd-styles"  # placeholder: the repository this notebook is published from
 HERE = Path(__file__).resolve().parent
 
 CELLS: list[tuple[str, str, list[str]]] = [  # (kind, source, tags)
-    ("md", f"""# Five styles, plain and loss-guided
+    ("md", """# Five styles, plain and loss-guided
 
 Render one prompt in five textual-inversion styles from the
 [sd-concepts-library](https://huggingface.co/sd-concepts-library), each with its own seed; render it again
 while a creative loss steers sampling; compare, export for a blog, and try other seeds.
 
-[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({REPO_URL.replace("https://github.com", "https://colab.research.google.com/github")}/blob/main/notebooks/five_styles.ipynb)
-In Colab pick a GPU runtime (Runtime → Change runtime type → T4). Every image is saved with its recipe:
-`sd-styles rerun IMAGE` re-creates it from the file alone.""", []),
-    ("code", f"""# Install: only in Colab. Elsewhere install the package yourself (`pip install -e .` in a checkout).
+**Install.** Run the first code cell. Inside a checkout of this repository (Jupyter, VS Code, papermill)
+it installs the package from the checkout itself. **In Colab** there is no checkout: first clone the
+repository you got this notebook from (`!git clone <its URL>`, then `%cd <folder>/notebooks`), pick a GPU
+runtime (Runtime → Change runtime type → T4), then run the first cell.
+
+Images guided by a built-in loss carry their whole recipe: `sd-styles rerun IMAGE` re-creates them from the
+file alone. Cells guided by the loss *defined in this notebook* record only its name (`warm_vignette`), not its
+code, so they cannot be rerun from the file; re-run this notebook for them.""", []),
+    ("code", """# Install sd-styles from the checkout this notebook sits in (Colab: clone the repository first, see above).
+import importlib.util
 import sys
+from pathlib import Path
 
 IN_COLAB = "google.colab" in sys.modules
-if IN_COLAB:
-    %pip install -q "sd-styles @ git+{REPO_URL}.git\"""", []),
+CHECKOUT = next((p for p in (Path.cwd(), *Path.cwd().parents)
+                 if (p / "pyproject.toml").is_file() and (p / "sd_styles").is_dir()), None)
+if importlib.util.find_spec("sd_styles") is None or IN_COLAB:
+    if CHECKOUT is None:
+        raise RuntimeError("sd-styles is not installed and this notebook is not inside a checkout of it: "
+                           "clone the repository, open notebooks/five_styles.ipynb from the clone, run this cell")
+    %pip install -q -e {CHECKOUT}
+    sys.path.insert(0, str(CHECKOUT))  # importable now, without restarting the kernel""", []),
     ("md", """## Parameters
 `MODEL` is a hub id or a local diffusers folder of an SD 1.x model (the concepts are 768-wide SD 1.x
-embeddings); `"tiny"` is a random 32-wide model for offline tests with matching test embeddings. `{style}` in the prompt becomes each concept's trigger token. `LOSS` is `"custom"` (the function
+embeddings); `"tiny"` is the built-in random 32-wide model, offline and in seconds, with the five built-in
+random demo styles `CONCEPTS = ["demo:random-1", ..., "demo:random-5"]` (noise, not art). `{style}` in the
+prompt becomes each concept's trigger token. `LOSS` is `"custom"` (the function
 defined below) or a built-in: `blue`, `warm`, `sepia`, `saturation`, `contrast`, `canny`, `symmetry`,
 `color=#ff8800`, `clip=a watercolor painting`.""", []),
     ("code", """MODEL = "CompVis/stable-diffusion-v1-4"

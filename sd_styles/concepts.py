@@ -74,6 +74,7 @@ class ConceptFile:
     token_origin: str       # which of those it came from
     sha256: str             # of the embedding file's bytes
     embedding: Embedding
+    revision: str | None = None  # hub commit of the cached snapshot read (hub ids only)
 
     @property
     def vocab_tokens(self) -> list[str]:
@@ -102,13 +103,16 @@ class LoadedConcept:
     tokens: list[str]       # vocabulary tokens it occupies: token, token_1, ...
     path: str = ""
     widths: tuple = ()      # (encoder key, width) per text encoder it went into: (("clip_l", 768), ("clip_g", 1280))
+    revision: str | None = None  # hub commit the file came from (hub ids only): recipes record it
 
 
-def read_concept(source: str, token: str | None = None) -> ConceptFile:
-    """Resolve and parse `source` (no model needed); `token` overrides the file's own token."""
+def read_concept(source: str, token: str | None = None, revision: str | None = None) -> ConceptFile:
+    """Resolve and parse `source` (no model needed); `token` overrides the file's own token.
+
+    `revision` pins a hub concept to a commit (what a recipe recorded)."""
     if token is not None and (not isinstance(token, str) or not token.strip()):
         raise BadInput(f"--token must be a non-empty string, got {token!r}")
-    local = resolve_source(source)
+    local = resolve_source(source, revision)
     data = local.read()
     embedding = parse_embedding(data, source)
     candidates = ((token, "--token"), (embedding.own_token, "file"),
@@ -117,20 +121,24 @@ def read_concept(source: str, token: str | None = None) -> ConceptFile:
     if chosen is None:
         raise BadInput(f"{source} names no token: pass one with --token")
     return ConceptFile(source=source, path=str(local.path), token=chosen, token_origin=origin,
-                       sha256=hashlib.sha256(data).hexdigest(), embedding=embedding)
+                       sha256=hashlib.sha256(data).hexdigest(), embedding=embedding, revision=local.revision)
 
 
-def add_concept(model: StyleModel, source: str, token: str | None = None) -> LoadedConcept:
-    """Load one concept into `model` (replacing a loaded concept with the same token)."""
-    return add_concepts(model, [source], token=token)[0]
+def add_concept(model: StyleModel, source: str, token: str | None = None,
+                revision: str | None = None) -> LoadedConcept:
+    """Load one concept into `model` (replacing a loaded concept with the same token); `revision`: hub commit."""
+    return add_concepts(model, [source], token=token, revision=revision)[0]
 
 
-def add_concepts(model: StyleModel, sources: list[str], token: str | None = None) -> list[LoadedConcept]:
+def add_concepts(model: StyleModel, sources: list[str], token: str | None = None,
+                 revision: str | None = None) -> list[LoadedConcept]:
     """Load several concepts at once: all are validated first, so a failure changes nothing."""
     sources = [sources] if isinstance(sources, str) else list(sources)
     if token is not None and len(sources) != 1:
         raise BadInput(f"--token needs exactly one --concept, got {len(sources)}")
-    files = [read_concept(s, token) for s in sources]
+    if revision is not None and len(sources) != 1:
+        raise BadInput(f"a revision pins exactly one concept, got {len(sources)}")
+    files = [read_concept(s, token, revision) for s in sources]
     _check(model, files)
     return [_install(model, f) for f in files]
 
@@ -226,7 +234,7 @@ def _install(model: StyleModel, f: ConceptFile) -> LoadedConcept:
     widths = tuple((p.key, p.width) for p in pairs)
     loaded = LoadedConcept(source=f.source, token=f.token, sha256=f.sha256, format=f.embedding.format,
                            width=widths[0][1], n_vectors=f.embedding.n_vectors, tokens=f.vocab_tokens,
-                           path=f.path, widths=widths)
+                           path=f.path, widths=widths, revision=f.revision)
     model.concepts[f.token] = loaded
     return loaded
 

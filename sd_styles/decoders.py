@@ -19,13 +19,14 @@ from typing import Callable
 
 import torch
 
-from .errors import BadInput
+from . import hub
+from .errors import BadInput, one_line
+from .hub import TAESD_FIX, TAESD_REPOS  # the hub ids live with the other hub facts
 from .sampling import unscale_latents  # the final decode's unscaling (latents_mean/std or scaling_factor)
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
 DECODER_NAMES = ("vae", "tiny", "linear")
-TAESD_REPOS = {"sd": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
 _ALLOWED = "vae, tiny, linear, or a folder holding an AutoencoderTiny (config.json)"
 
 # Latent -> RGB in [-1, 1]: rgb = z @ FACTORS + BIAS on the UNet's (scaled) latents. The numbers are the
@@ -148,12 +149,13 @@ def load_taesd(source: str, device: torch.device, dtype: torch.dtype):
     """AutoencoderTiny from a hub id or a local folder, on `device` in `dtype`, for inference."""
     from diffusers import AutoencoderTiny
 
-    try:
-        taesd = AutoencoderTiny.from_pretrained(source)  # fp32 weights, cast below (`torch_dtype` is deprecated)
+    cache_only = hub.is_hub_id(source) and hub.require_cached("--loss-decoder tiny: TAESD", source, "config.json",
+                                                              TAESD_FIX)
+    try:  # fp32 weights, cast below (`torch_dtype` is deprecated)
+        taesd = AutoencoderTiny.from_pretrained(source, local_files_only=cache_only)
     except (OSError, ValueError) as err:  # huggingface_hub's offline / missing errors are OSError subclasses
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise BadInput(f"--loss-decoder: cannot load TAESD {source!r} ({first}); it is not cached and the hub may "
-                       "be unreachable: use --loss-decoder vae or linear, or a local AutoencoderTiny folder") from err
+        raise BadInput(f"--loss-decoder: cannot load TAESD {source!r} ({one_line(err)}). It may not be fully cached "
+                       f"and the hub may be unreachable: {TAESD_FIX}") from err
     return taesd.to(device, dtype).eval()
 
 
@@ -188,9 +190,8 @@ def make_decoder(model, name: str, checkpoint: bool | None = None) -> Decoder:
 
 def check_decoder(name: str) -> str:
     """Validate a decoder name early (before any weights load): vae | tiny | linear | AutoencoderTiny folder."""
-    if name == "tiny" and _offline_without_taesd():
-        raise BadInput("--loss-decoder tiny: TAESD is not cached and the hub is offline (HF_HUB_OFFLINE); "
-                       "use --loss-decoder vae or linear, or a local AutoencoderTiny folder")
+    if name == "tiny" and hub.local_only() and not any(hub.cached_file(r, "config.json") for r in TAESD_REPOS.values()):
+        raise hub.missing_file("--loss-decoder tiny: TAESD", TAESD_REPOS["sd"], "config.json", TAESD_FIX)
     if name in DECODER_NAMES:
         return name
     if not isinstance(name, str) or not name.strip():
@@ -209,12 +210,3 @@ def check_decoder(name: str) -> str:
         raise BadInput(f"--loss-decoder {name}: config.json describes {cls!r}, not an AutoencoderTiny; "
                        f"allowed: {_ALLOWED}")
     return name
-
-
-def _offline_without_taesd() -> bool:
-    """Offline mode and neither TAESD repo in the hub cache: `tiny` cannot load, say so before the model loads."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if not constants.HF_HUB_OFFLINE:
-        return False  # online: a download may still work, load_taesd reports a failure
-    return not any(isinstance(try_to_load_from_cache(repo, "config.json"), str) for repo in TAESD_REPOS.values())

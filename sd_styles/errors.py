@@ -19,3 +19,15 @@ class RuntimeFailure(SdStylesError, RuntimeError):
     """Valid input, but the work failed (out of memory, a broken download...)."""
 
     exit_code = 1
+
+
+def one_line(err: BaseException | str, limit: int = 300) -> str:
+    """An error's text on one line, cut only at a sentence or word end (never mid-word)."""
+    text = " ".join(str(err).split()) or (type(err).__name__ if isinstance(err, BaseException) else "")
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    stop = head.rfind(". ")
+    if stop >= limit // 3:  # a whole sentence fits: end there
+        return head[:stop + 1]
+    return head[:head.rfind(" ")].rstrip(",;:") + " ..." if " " in head else head + " ..."

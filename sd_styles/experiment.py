@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 from .errors import BadInput
 from .experiment_schema import TOML_KEYS, parse_table
 from .metadata import cell_filename, slug
-from .models import DEFAULT_MODEL
+from .hub import DEFAULT_MODEL  # not from .models: reading a file must not import diffusers
 from .recipe import ConceptRef, Guidance, Recipe
 from .schedulers import DEFAULT_SCHEDULER
 
@@ -225,7 +225,7 @@ def _concept_refs(model, own, text: str) -> tuple[ConceptRef, ...]:
     """The style's own concept, plus any other loaded concept the prompt names outside the style slot."""
     rest = text.replace(own.token, " ")  # a token that contains another token must not pull it in
     others = [c for tok, c in model.concepts.items() if tok != own.token and tok in rest]
-    return tuple(ConceptRef(c.source, c.token, c.sha256) for c in [own, *others])
+    return tuple(ConceptRef(c.source, c.token, c.sha256, c.revision) for c in [own, *others])
 
 
 __all__ = ["Cell", "CellResult", "Experiment", "KINDS", "Style", "TOML_KEYS", "experiment", "load_experiment", "load_styles",

@@ -66,7 +66,11 @@ def post_markdown(exp: "Experiment", results: Sequence["CellResult"], grid_name:
     settings = (f"{first.steps} steps, CFG {first.cfg:g}, {first.scheduler}, {first.width}x{first.height}, "
                 f"model {first.model}")
     kinds = " and ".join(dict.fromkeys(r.cell.kind for r in results))
-    lines = [f"# {_md_text(exp.name)}", "", f"Prompt: *{_md_text(exp.prompt)}*", "", f"Settings: {_md_text(settings)}",
+    # the prompts as rendered, each style's token in place of {style} (the template itself means nothing to a reader)
+    prompts = list(dict.fromkeys(r.cell.recipe.prompt for r in results))
+    prompt_lines = ([f"Prompt: *{_md_text(prompts[0])}*"] if len(prompts) == 1 else
+                    ["Prompts:", ""] + [f"- *{_md_text(p)}*" for p in prompts])
+    lines = [f"# {_md_text(exp.name)}", "", *prompt_lines, "", f"Settings: {_md_text(settings)}",
              "", f"![{len({r.cell.column for r in results})} styles, {kinds}]({grid_name})", "",
              f"*Styles as columns, {kinds} as rows.*", ""]
     for r, name in zip(results, files):

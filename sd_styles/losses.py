@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageColor
 
-from .errors import BadInput
+from . import hub
+from .errors import BadInput, one_line
+from .hub import CLIP_FIX, DEFAULT_CLIP, is_hub_id
 from .recipe import LossTerm
 
 Loss = Callable[[torch.Tensor], torch.Tensor]
@@ -26,7 +28,6 @@ Loss = Callable[[torch.Tensor], torch.Tensor]
 DEFAULT_SCALE = 100.0                       # user losses (module:function) without an explicit scale
 DEFAULT_COLOR = (0.15, 0.55, 0.55)          # `color` alone: a teal cast, far from blue and warm
 SEPIA_TINT = (1.25, 0.95, 0.60)             # Rec.601 luminance of the tint is 1.0: sepia keeps brightness
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 _LUMA = (0.299, 0.587, 0.114)               # Rec.601 weights
 
 
@@ -173,15 +174,15 @@ def clip_loss(prompt: str, model_id: str = DEFAULT_CLIP) -> Loss:
     if not prompt.strip():
         raise BadInput("clip loss: the text is empty; use clip=TEXT")
     local = Path(model_id).expanduser()
-    if (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1) and not local.is_dir():
+    if not local.is_dir() and not is_hub_id(model_id):
         raise BadInput(f"clip loss: no such folder {model_id!r}; give a hub id (org/name) or a local CLIPModel folder")
+    cache_only = not local.is_dir() and hub.require_cached("clip loss: CLIP model", model_id, "config.json", CLIP_FIX)
     try:
-        model = CLIPModel.from_pretrained(model_id).eval().requires_grad_(False)
-        processor = CLIPProcessor.from_pretrained(model_id)
+        model = CLIPModel.from_pretrained(model_id, local_files_only=cache_only).eval().requires_grad_(False)
+        processor = CLIPProcessor.from_pretrained(model_id, local_files_only=cache_only)
     except (OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise BadInput(f"clip loss: cannot load CLIP model {model_id!r} ({first}); it is not cached and the hub "
-                       "may be unreachable: pass a local folder, clip_loss(prompt, model_id=PATH)") from err
+        raise BadInput(f"clip loss: cannot load CLIP model {model_id!r} ({one_line(err)}). It may not be fully "
+                       f"cached and the hub may be unreachable: {CLIP_FIX}") from err
     ip = processor.image_processor
     side = _crop_side(getattr(ip, "crop_size", None) or ip.size)
     tokens = processor.tokenizer([prompt], padding="max_length", truncation=True, return_tensors="pt")

@@ -16,6 +16,7 @@ from .recipe import Recipe
 RECIPE_KEY = "sd-styles"          # PNG tEXt key of the JSON recipe
 PARAMETERS_KEY = "parameters"     # A1111's key, read by its PNG Info tab and by sd-parsers
 FORMAT_VERSION = 1
+NEGATIVE_MARK = "Negative prompt:"  # A1111 starts the negative prompt at a line beginning with this
 
 # our scheduler names -> A1111 sampler names (pre-1.6 style, Karras folded into the name)
 A1111_SAMPLERS = {"lms": "LMS", "ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler-a": "Euler a",
@@ -78,8 +79,18 @@ def a1111_fields(recipe: Recipe, loss_history: list[float] | None = None) -> dic
 def a1111_parameters(recipe: Recipe, loss_history: list[float] | None = None) -> str:
     """`prompt\\nNegative prompt: ...\\nSteps: 50, Sampler: LMS, CFG scale: 7.5, Seed: 101, ...` (A1111's layout)."""
     line = ", ".join(f"{k}: {a1111_quote(v)}" for k, v in a1111_fields(recipe, loss_history).items())
-    negative = f"\nNegative prompt: {recipe.negative_prompt}" if recipe.negative_prompt else ""
-    return f"{recipe.prompt}{negative}\n{line}".strip()  # A1111 strips the whole text too
+    negative = f"\n{NEGATIVE_MARK} {a1111_prompt_text(recipe.negative_prompt)}" if recipe.negative_prompt else ""
+    return f"{a1111_prompt_text(recipe.prompt)}{negative}\n{line}".strip()  # A1111 strips the whole text too
+
+
+def a1111_prompt_text(text: str) -> str:
+    """A prompt as A1111-style readers must see it: the negative-prompt marker never appears inside it.
+
+    A1111 switches to the negative prompt at a line starting `Negative prompt:` and sd-parsers splits
+    at the marker anywhere, so inside a prompt (or a negative prompt) it is written `Negative prompt :`.
+    The exact text stays in the JSON recipe.
+    """
+    return text.replace(NEGATIVE_MARK, NEGATIVE_MARK[:-1] + " :")
 
 
 def parse_a1111_parameters(text: str) -> tuple[str, str, dict[str, str]]:
@@ -165,8 +176,10 @@ def read_document(path: str | Path) -> dict:
 def read_recipe(path: str | Path) -> Recipe:
     """The recipe stored in an image (BadInput when it has none)."""
     try:
-        return Recipe.from_dict(read_document(path)["recipe"])
-    except (TypeError, KeyError) as err:
+        return Recipe.from_dict(read_document(path)["recipe"]).check()  # a file is untrusted: every field checked
+    except (TypeError, KeyError, ValueError, AttributeError) as err:  # BadInput is a ValueError: keep its words
+        if isinstance(err, BadInput):
+            raise BadInput(f"{path}: the stored recipe is invalid: {err}") from None
         raise BadInput(f"{path}: the stored recipe is incomplete or from an incompatible version ({err})") from None
 
 

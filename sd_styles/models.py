@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 
-from .errors import BadInput
+from . import hub
+from .errors import BadInput, one_line
+from .hub import DEFAULT_MODEL, MODEL_FIX, is_hub_id
 from .tiny import TINY_ID, TINY_VERSION, build_tiny_pipeline
 from .tiny_sdxl import TINY_SDXL_BUILDERS, TINY_SDXL_VERSION, build_tiny_sdxl
 
-DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FAMILIES = ("sd1", "sdxl")  # sd1: StableDiffusionPipeline models (SD 1.x and 2.x); sdxl: SDXL base / refiner
@@ -101,11 +102,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _looks_like_path(source: str) -> bool:
-    # hub ids are exactly "org/name"; anything else is meant as a folder
-    return source.startswith((".", "/", "~")) or "\\" in source or source.count("/") != 1
-
-
 def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
     """Move a component to `device`, casting only when its dtype differs."""
     module.to(device) if module.dtype == dtype else module.to(device, dtype)
@@ -120,7 +116,8 @@ def read_model_index(source: str, revision: str | None = None) -> dict:
         if unet.is_file():
             index["unet_config"] = json.loads(unet.read_text(encoding="utf-8"))
         return index
-    return dict(DiffusionPipeline.load_config(source, revision=revision))  # hub: fetches model_index.json only
+    # hub: fetches model_index.json only, from the cache alone when the hub is off or unreachable
+    return dict(DiffusionPipeline.load_config(source, revision=revision, local_files_only=hub.local_only()))
 
 
 def family_of(index: dict) -> str:
@@ -167,20 +164,24 @@ def _from_pretrained(source: str, revision: str | None, dtype: torch.dtype) -> t
     if local.exists():
         if not (local / "model_index.json").is_file():
             raise BadInput(f"--model {source}: folder has no model_index.json (not a diffusers model folder)")
-        source = str(local)
-    elif _looks_like_path(source):
+        source, revision = str(local), None
+    elif not is_hub_id(source):
         raise BadInput(f"--model {source}: no such folder; give a hub id (org/name), a local diffusers folder, or 'tiny'")
+    cache_only = is_hub_id(source) and hub.require_cached("--model", source, "model_index.json", MODEL_FIX, revision)
     try:
         index = read_model_index(source, revision)
         family = family_of(index)
-        pipe = pipeline_class(index).from_pretrained(source, revision=revision, torch_dtype=dtype,
-                                                     **_load_kwargs(family))
+        pipe = pipeline_class(index).from_pretrained(source, revision=revision, dtype=dtype,
+                                                     local_files_only=cache_only, **_load_kwargs(family))
         return pipe, family
     except OSError as err:  # huggingface_hub raises OSError subclasses for offline / missing / gated repos
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BadInput(
-            f"--model {source}: cannot load it ({first[:160]}). It is not cached and the hub may be unreachable: "
-            "use --model tiny for an offline demo, or a local diffusers folder") from err
+        raise BadInput(f"--model {source}: cannot load it ({one_line(err)}). It may not be fully cached and the hub "
+                       f"may be unreachable: {MODEL_FIX}") from err
+
+
+def hub_commit(source: str, revision: str | None = None) -> str | None:
+    """The commit of the cached hub snapshot a model was loaded from (None for local folders)."""
+    return hub.snapshot_revision(source, "model_index.json", revision) if is_hub_id(source) else None
 
 
 def load_model(source: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
@@ -199,7 +200,7 @@ def load_model(source: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str 
         (pipe, digests), rev, family = build_tiny_sdxl(source), f"v{TINY_SDXL_VERSION}", "sdxl"
     else:
         pipe, family = _from_pretrained(source, revision, dt)
-        rev = revision or getattr(pipe.unet.config, "_commit_hash", None)
+        rev = hub_commit(source, revision) or revision  # the snapshot's commit: recipes record it, rerun pins it
         local = Path(source).expanduser()
         folder = local.resolve() if local.is_dir() else None
     # The VAE overflows in fp16 on some inputs (NaN / black images); keep it in fp32 when its config asks.

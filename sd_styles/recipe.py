@@ -54,6 +54,7 @@ class ConceptRef:
     source: str                    # hub id, file or folder, as given
     token: str                     # the trigger token used in prompts
     sha256: str = ""               # of the embedding file, for provenance
+    revision: str | None = None    # hub commit of a hub concept (rerun pins it); None for files
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,12 @@ class Recipe:
             raise BadInput(f"cfg must be a finite number >= 0, got {self.cfg!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise BadInput(f"seed must be an integer from 0 to 2**63-1, got {self.seed!r}")
+        for name, v in (("prompt", self.prompt), ("model", self.model)):
+            if not isinstance(v, str):  # recipes also come from files (rerun): every field is checked
+                raise BadInput(f"{name} must be a string, got {v!r}")
+        for c in self.concepts:
+            if not isinstance(c.source, str) or not isinstance(c.token, str) or not isinstance(c.sha256, str):
+                raise BadInput(f"concept entries need string source, token and sha256, got {c!r}")
         check_scheduler(self.scheduler)
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
             raise BadInput(f"negative prompt must be a string or None, got {self.negative_prompt!r}")
@@ -111,6 +118,9 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        for c in d["concepts"]:
+            if c.get("revision") is None:  # files have none: their recipes (and digests) stay as before
+                c.pop("revision", None)
         if self.refiner is None:  # recipes without a refiner keep the keys (and digests) they always had
             for key in ("refiner", "refiner_revision", "refiner_switch"):
                 d.pop(key)
@@ -143,6 +153,8 @@ def check_guidance(g: Guidance) -> Guidance:
     if not g.losses:
         raise BadInput("guidance needs at least one loss")
     for t in g.losses:
+        if not isinstance(t.name, str) or not t.name.strip():
+            raise BadInput(f"loss name must be a non-empty string, got {t.name!r}")
         if not isinstance(t.scale, (int, float)) or not math.isfinite(t.scale):
             raise BadInput(f"loss scale must be a finite number, got {t.scale!r} for {t.name!r}")
     if not isinstance(g.every, int) or g.every < 1:

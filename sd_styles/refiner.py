@@ -52,7 +52,9 @@ def folder_digest(folder: Path) -> str | None:
 
 def _model_folder(model) -> Path | None:
     """Local folder of a model's files: the folder given, or the hub snapshot it was loaded from."""
-    if model.folder is None and model.source.count("/") == 1 and not Path(model.source).exists():
+    from .hub import is_hub_id
+
+    if model.folder is None and is_hub_id(model.source):
         from huggingface_hub import snapshot_download
 
         try:  # already downloaded by from_pretrained: resolves to the cached snapshot, no network
@@ -88,7 +90,7 @@ def load_refiner(model, source: str, *, revision: str | None = None):
     Its text_encoder_2 + tokenizer_2 and its VAE are the base's own objects when their files are
     identical (sha256), so they take no extra memory and concepts loaded into the base reach it.
     """
-    from .models import SDXL_PIPELINES, StyleModel, _from_pretrained, place
+    from .models import SDXL_PIPELINES, StyleModel, _from_pretrained, hub_commit, place
     from .tiny_sdxl import TINY_SDXL_BUILDERS, TINY_SDXL_VERSION, build_tiny_sdxl
 
     if model.family != "sdxl":
@@ -101,7 +103,7 @@ def load_refiner(model, source: str, *, revision: str | None = None):
         if family != "sdxl":
             raise BadInput(f"--refiner {source} is not an SDXL model (its files say {family}); "
                            f"a refiner is one of {', '.join(SDXL_PIPELINES)}")
-        rev = revision or getattr(pipe.unet.config, "_commit_hash", None)
+        rev = hub_commit(source, revision) or revision  # the snapshot's commit: recipes record it, rerun pins it
         local = Path(source).expanduser()
         folder = local.resolve() if local.is_dir() else None
     refiner = StyleModel(pipe=pipe, source=source, revision=rev, device=model.device, dtype=model.dtype,

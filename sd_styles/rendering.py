@@ -34,11 +34,11 @@ class Result:
     loss_history: list[float] = field(default_factory=list)  # weighted loss per guided step
     execution: dict = field(default_factory=dict)  # {"fingerprint": {...}, "call_shape": {"size", "position"}}
 
-    def save(self, path: str | Path) -> Path:
-        """The PNG with its recipe, loss history and execution record (atomic)."""
+    def save(self, path: str | Path, notes: dict | None = None) -> Path:
+        """The PNG with its recipe, loss history and execution record (+ `notes`, e.g. a prompt cut), atomically."""
         from .metadata import save_png
 
-        return save_png(self.image, path, self.recipe, self.loss_history, self.execution)
+        return save_png(self.image, path, self.recipe, self.loss_history, {**self.execution, **(notes or {})})
 
 
 def make_recipe(model: StyleModel, prompt: str, **settings) -> Recipe:
@@ -57,7 +57,8 @@ def make_recipe(model: StyleModel, prompt: str, **settings) -> Recipe:
     if settings.get("refiner") is not None:
         settings.setdefault("refiner_revision", attached_refiner(model, settings["refiner"]).revision)
     text = prompt + " " + (settings["negative_prompt"] or "")
-    refs = tuple(ConceptRef(_portable(c.source), c.token, c.sha256) for tok, c in model.concepts.items() if tok in text)
+    refs = tuple(ConceptRef(_portable(c.source), c.token, c.sha256, c.revision)
+                 for tok, c in model.concepts.items() if tok in text)
     settings.setdefault("concepts", refs)
     return Recipe(prompt=prompt, model=model.source, model_revision=model.revision, **settings).check()
 

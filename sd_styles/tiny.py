@@ -17,6 +17,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 TINY_ID = "tiny"
 TINY_VERSION = 1  # bump when the architecture or seeds change: it is part of every tiny recipe
+TINY_TEXT_WIDTH = 32  # text-encoder width of the tiny model (tiny_components default): its concepts are 32 wide
 
 
 def _bytes_to_unicode() -> dict[int, str]:

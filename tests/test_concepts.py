@@ -491,7 +491,10 @@ def _hub_error(kind: str):
 def test_hub_failures_online(monkeypatch, tiny, capsys, kind, words):
     import huggingface_hub
 
+    from sd_styles import hub
+
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _hub_error(kind))
+    monkeypatch.setattr(hub, "local_only", lambda: False)  # as if the hub answered the probe
     before = snapshot(tiny)
     with pytest.raises(BadInput, match=words):
         add_concept(tiny, "sd-concepts-library/some-style")

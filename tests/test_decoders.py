@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sd_styles import decoders
+from sd_styles import decoders, hub
 from sd_styles.decoders import (SD1_LATENT_RGB, SDXL_LATENT_RGB, SDXL_LATENT_RGB_BIAS, check_decoder, linear_decoder,
                                 make_decoder, straight_through_clamp, taesd_decoder, vae_decoder)
 from sd_styles.errors import BadInput
@@ -34,7 +34,7 @@ def taesd_dir(tmp_path_factory, shared_fixtures):
 
 
 def test_check_decoder_accepts_names_and_taesd_folders(taesd_dir, monkeypatch):
-    monkeypatch.setattr(decoders, "_offline_without_taesd", lambda: False)
+    monkeypatch.setattr(hub, "local_only", lambda: False)
     for name in ("vae", "tiny", "linear", str(taesd_dir)):
         assert check_decoder(name) == name
 
@@ -44,7 +44,7 @@ def test_check_decoder_tiny_offline_and_uncached_fails_before_weights_load(monke
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(decoders, "TAESD_REPOS", {"sd": "sd-styles-test/no-such-taesd", "sdxl": "x/y"})
-    with pytest.raises(BadInput, match="not cached and the hub is offline"):
+    with pytest.raises(BadInput, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
         check_decoder("tiny")
 
 
@@ -90,7 +90,7 @@ def test_local_taesd_folder_decoder_is_loaded_once_per_model(tiny_model, taesd_d
 
 def test_tiny_from_the_hub_offline_is_one_line_bad_input(tiny_model, monkeypatch):
     monkeypatch.setattr(decoders, "TAESD_REPOS", {"sd": "sd-styles-test/no-such-taesd", "sdxl": "x/y"})
-    monkeypatch.setattr(decoders, "_offline_without_taesd", lambda: False)   # reach the load itself
+    monkeypatch.setattr(hub, "local_only", lambda: False)   # reach the load itself
     vars(tiny_model).pop("_loss_decoders", None)
     with pytest.raises(BadInput) as err:
         make_decoder(tiny_model, "tiny")

@@ -13,6 +13,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "five_styles.ipynb"
+KERNEL = "sd-styles"  # what .ci/run installs into the environment (--sys-prefix); python3 where it is absent
 REQUIRED = {"MODEL", "CONCEPTS", "SEEDS", "PROMPT", "STEPS", "WIDTH", "HEIGHT", "OUT_DIR", "LOSS", "LOSS_SCALE"}
 
 
@@ -21,6 +22,29 @@ def load_builder():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def kernel_name() -> str:
+    """The project's kernel when installed (as CI does), else this interpreter's default `python3`."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def test_ci_installs_the_kernel_into_the_environment_under_the_project_name():
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    [line] = [ln for ln in script.splitlines() if "ipykernel install" in ln]
+    assert "--sys-prefix" in line and f"--name {KERNEL}" in line and "--user" not in line
+
+
+def test_notebook_install_cell_is_real_and_intro_promises_no_rerun_of_notebook_losses():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    text = "\n".join(c.source for c in nb.cells)
+    assert "YOUR-ORG" not in text and "github.com/" not in text  # no invented URL
+    install = next(c for c in nb.cells if c.cell_type == "code")
+    assert "pip install -q -e {CHECKOUT}" in install.source
+    intro = nb.cells[0].source
+    assert "cannot be rerun from the file" in intro and "In Colab" in intro
 
 
 def test_notebook_is_clean_and_matches_its_builder():
@@ -50,7 +74,7 @@ def test_notebook_runs_offline_on_the_tiny_model(tiny_dir, tmp_path):
         concepts.append(str(path))
     out = tmp_path / "out"
     papermill.execute_notebook(
-        str(NOTEBOOK), str(tmp_path / "executed.ipynb"), kernel_name="python3", cwd=str(tmp_path),
+        str(NOTEBOOK), str(tmp_path / "executed.ipynb"), kernel_name=kernel_name(), cwd=str(tmp_path),
         progress_bar=False, log_output=False,
         parameters=dict(MODEL=str(tiny_dir), CONCEPTS=concepts, SEEDS=[3, 4], PROMPT="a boat by {style}", STEPS=2,
                         WIDTH=64, HEIGHT=64, OUT_DIR=str(out), LOSS="custom", LOSS_SCALE=50.0, LOSS_EVERY=1,

@@ -19,6 +19,9 @@ def register(sub) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from .. import hub
+
+    hub.preflight(concepts=[args.source])  # an uncached hub concept fails in seconds, before torch loads
     from ..concepts import read_concept
 
     json.dump(read_concept(args.source, token=args.token).describe(), sys.stdout, indent=2, ensure_ascii=False)

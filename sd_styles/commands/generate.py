@@ -6,26 +6,27 @@ import argparse
 from pathlib import Path
 
 from ..schedulers import SCHEDULERS
-from .common import add_model_options, finite_float, positive_int, print_paths, seed_int, size
+from .common import (add_model_options, check_concepts_fit, check_out_dir, finite_float, positive_int, print_paths,
+                     seed_int, size)
 
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="render a prompt, one image per --seed")
-    p.add_argument("prompt")
+    p.add_argument("prompt", help="the text to render; a concept's token (e.g. <gta5-artwork>) applies its style")
     add_model_options(p, default_model="CompVis/stable-diffusion-v1-4")
     p.add_argument("--concept", action="append", default=[], metavar="SRC",
                    help="textual-inversion concept: hub id, .bin/.pt/.safetensors/.png file, or folder (repeatable)")
     p.add_argument("--token", help="trigger token for the one --concept given")
     p.add_argument("--negative", help="negative prompt (none by default: SDXL then uses zeros, unlike --negative '')")
-    p.add_argument("--seed", type=seed_int, action="append", help="repeatable (default 0)")
-    p.add_argument("--steps", type=positive_int, default=50)
-    p.add_argument("--cfg", type=finite_float, default=7.5)
+    p.add_argument("--seed", type=seed_int, action="append", help="one image per seed; repeatable (default 0)")
+    p.add_argument("--steps", type=positive_int, default=50, help="denoising steps, 1 to 1000")
+    p.add_argument("--cfg", type=finite_float, default=7.5, help="classifier-free guidance scale, >= 0")
     p.add_argument("--size", type=size, help="WxH, multiples of 8 (default: the model's native size)")
-    p.add_argument("--scheduler", default="lms", choices=list(SCHEDULERS))
+    p.add_argument("--scheduler", default="lms", choices=list(SCHEDULERS), help="sampler")
     p.add_argument("--loss", action="append", default=[], metavar="NAME[:SCALE]",
                    help="built-in loss (blue, color[=#rrggbb], warm, sepia, saturation, contrast, canny[=REF.png], "
                         "symmetry, clip=TEXT) or module:function; repeatable, summed")
-    p.add_argument("--loss-every", type=positive_int, default=1, metavar="K", help="guide every K-th step")
+    p.add_argument("--loss-every", type=positive_int, default=1, metavar="K", help="guide every K-th step (default 1)")
     p.add_argument("--loss-start", type=finite_float, default=0.0, metavar="F",
                    help="first guided step as a fraction of the schedule (default 0)")
     p.add_argument("--loss-end", type=finite_float, default=1.0, metavar="F",
@@ -55,11 +56,8 @@ def guidance_from_args(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..concepts import add_concepts, read_concept
+    from .. import hub
     from ..errors import BadInput
-    from ..metadata import cell_filename
-    from ..models import load_model
-    from ..rendering import make_recipe, render
 
     if args.token and len(args.concept) != 1:
         raise BadInput("--token needs exactly one --concept")
@@ -67,24 +65,41 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput("--refiner-switch needs --refiner")
     if args.refiner_switch is not None and not 0 < args.refiner_switch < 1:
         raise BadInput(f"--refiner-switch must be between 0 and 1 (exclusive), got {args.refiner_switch:g}")
+    out = check_out_dir(args.out)
+    # before torch loads: a hub file that is neither cached nor downloadable fails in seconds, in one line
+    hub.preflight(model=args.model, concepts=args.concept, losses=args.loss, decoder=args.loss_decoder)
+    hub.preflight(model=args.refiner)
     if args.refiner:
         from ..refiner import check_refiner_sources
 
         check_refiner_sources(args.model, args.refiner)
+
+    from ..concepts import add_concepts, read_concept
+    from ..metadata import cell_filename
+    from ..recipe import Recipe
+
     guidance = guidance_from_args(args)  # validate everything cheap before loading weights
-    for source in args.concept:
-        read_concept(source, args.token)  # a missing or broken concept fails before the model loads
+    size_settings = {"width": args.size[0], "height": args.size[1]} if args.size else {}
+    if args.refiner_switch is not None:
+        size_settings["refiner_switch"] = args.refiner_switch
+    for seed in args.seed or [0]:  # the recipe's own rule (steps 1-1000, cfg >= 0, ...), before any weights load
+        Recipe(prompt=args.prompt, negative_prompt=args.negative, seed=seed, steps=args.steps, cfg=args.cfg,
+               scheduler=args.scheduler, guidance=guidance, **size_settings).check()
+    files = [read_concept(source, args.token) for source in args.concept]  # missing / broken concepts fail now
+    check_concepts_fit(args.model, files)  # wrong width or clashing tokens: before the model loads
+
+    from ..models import load_model
+    from ..rendering import make_recipe, render
+    from ..truncation import check_prompt_length
+
     model = load_model(args.model, device=args.device, dtype=args.dtype, refiner=args.refiner)
     add_concepts(model, args.concept, token=args.token)
-    extra = {"width": args.size[0], "height": args.size[1]} if args.size else {}
-    if args.refiner_switch is not None:
-        extra["refiner_switch"] = args.refiner_switch
     recipes = [make_recipe(model, args.prompt, negative_prompt=args.negative, seed=seed, steps=args.steps,
-                           cfg=args.cfg, scheduler=args.scheduler, guidance=guidance, **extra)
+                           cfg=args.cfg, scheduler=args.scheduler, guidance=guidance, **size_settings)
                for seed in (args.seed or [0])]
-    out = Path(args.out)
+    notes = check_prompt_length(model, recipes[0])
     paths = []
     for res in render(model, recipes):
-        paths.append(res.save(out / cell_filename(res.recipe)))  # with its call shape and fingerprint
+        paths.append(res.save(out / cell_filename(res.recipe), notes))  # with its call shape and fingerprint
     print_paths(paths)
     return 0
