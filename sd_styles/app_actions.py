@@ -207,8 +207,8 @@ def use_concepts(model, requests: Sequence[tuple[str, str | None]]) -> list[str]
 
 def render_to_file(model, recipe: Recipe, folder: Path, callback: Callable[[dict], None] | None = None) -> Path:
     """Render one recipe and save it as a PNG with its metadata (the file the gallery serves)."""
-    from .metadata import cell_filename, save_png
+    from .metadata import cell_filename
     from .rendering import render
 
     [res] = render(model, [recipe], callback=callback, progress=False)
-    return save_png(res.image, folder / cell_filename(res.recipe), res.recipe, res.loss_history)
+    return res.save(folder / cell_filename(res.recipe))  # with its execution record, as `generate` saves

@@ -99,12 +99,13 @@ def rerender(model, recipe: Recipe, folder: Path, original: str | Path | None = 
     from PIL import Image
 
     from .app_actions import use_concepts
-    from .metadata import cell_filename, save_png
+    from .metadata import cell_filename, read_document
     from .reproduce import rerun
 
     use_concepts(model, [])  # only the recipe's own concepts (rerun loads them) may shape the prompt
-    res = rerun(recipe, model=model)
-    path = save_png(res.image, folder / cell_filename(res.recipe), res.recipe, res.loss_history)
+    recorded = read_document(original).get("rendered_with") if original is not None else None
+    res = rerun(recipe, model=model, execution=recorded if isinstance(recorded, dict) else None, progress=False)
+    path = res.save(folder / cell_filename(res.recipe))
     note = "" if recipe.model == model.source else f" (made with {recipe.model}, re-rendered with {model.source})"
     if original is None:
         return path, f"re-rendered{note}"
