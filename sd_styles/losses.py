@@ -9,7 +9,7 @@ parameterised ones (`color=#ff8800`, `canny=ref.png`, `clip=a watercolor paintin
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageColor
 
 from .errors import BadInput
-from .recipe import LossTerm
+from .recipe import Guidance, LossTerm
 
 Loss = Callable[[torch.Tensor], torch.Tensor]
 
@@ -308,6 +308,14 @@ def loss_default_scale(name: str) -> float:
     """The built-in's default scale, or DEFAULT_SCALE for user losses."""
     entry, _ = _builtin(name)
     return entry.default_scale if entry is not None else DEFAULT_SCALE
+
+
+def resolve_scales(guidance: Guidance) -> Guidance:
+    """`guidance` with each scale left as None replaced by its loss's default (the number the recipe records)."""
+    if all(t.scale is not None for t in guidance.losses):
+        return guidance
+    terms = tuple(t if t.scale is not None else replace(t, scale=loss_default_scale(t.name)) for t in guidance.losses)
+    return replace(guidance, losses=terms)
 
 
 def parse_loss_spec(spec: str, default_scale: float | None = None) -> LossTerm:

@@ -12,7 +12,7 @@ from PIL import Image
 from .decoders import make_decoder
 from .errors import BadInput
 from .guidance import make_guided_denoiser
-from .losses import resolve_loss
+from .losses import resolve_loss, resolve_scales
 from .models import StyleModel
 from .recipe import ConceptRef, Recipe
 from .sampling import StepCallback, decode, encode_prompts, initial_latents, make_denoiser, sample, to_pil, uses_cfg
@@ -34,9 +34,22 @@ def make_recipe(model: StyleModel, prompt: str, **settings) -> Recipe:
     settings.setdefault("width", width)
     settings.setdefault("height", height)
     text = prompt + " " + settings.get("negative_prompt", "")
-    refs = tuple(ConceptRef(_portable(c.source), c.token, c.sha256) for tok, c in model.concepts.items() if tok in text)
+    refs = tuple(ConceptRef(_portable(c.source), c.token, c.sha256) for c in prompt_concepts(model, text))
     settings.setdefault("concepts", refs)
+    if settings.get("guidance") is not None:
+        settings["guidance"] = resolve_scales(settings["guidance"])  # the recipe records the scales used
     return Recipe(prompt=prompt, model=model.source, model_revision=model.revision, **settings).check()
+
+
+def prompt_concepts(model: StyleModel, text: str) -> list:
+    """The loaded concepts whose token the tokenizer finds in `text`, as whole added tokens.
+
+    The tokenizer decides, as it does when the prompt is encoded: `EasyNegativeV2` is one token when both
+    it and `EasyNegative` are loaded, so only it is recorded.
+    """
+    tokenizer = model.pipe.tokenizer
+    ids = set(tokenizer(text, add_special_tokens=False).input_ids)
+    return [c for c in model.concepts.values() if tokenizer.convert_tokens_to_ids(c.token) in ids]
 
 
 def _portable(source: str) -> str:
