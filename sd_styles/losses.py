@@ -162,16 +162,11 @@ def _image_tensor(source: Image.Image | torch.Tensor | str | Path) -> torch.Tens
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
 
 
-def clip_loss(prompt: str, model_id: str = DEFAULT_CLIP) -> Loss:
-    """Factory: spherical distance 2 arcsin(|u - v| / 2)^2 between CLIP image and text embeddings.
-
-    `model_id` is a hub id or a local folder holding a `CLIPModel` and its `CLIPProcessor`.
-    Preprocessing is done in torch (resize the short side, centre crop, normalise) so it is differentiable.
-    """
+def load_clip(model_id: str | None = None) -> tuple[Any, Any]:
+    """(CLIPModel in eval mode, CLIPProcessor) from a hub id or a local folder; one-line BadInput when unavailable."""
     from transformers import CLIPModel, CLIPProcessor
 
-    if not prompt.strip():
-        raise BadInput("clip loss: the text is empty; use clip=TEXT")
+    model_id = model_id or DEFAULT_CLIP
     local = Path(model_id).expanduser()
     if (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1) and not local.is_dir():
         raise BadInput(f"clip loss: no such folder {model_id!r}; give a hub id (org/name) or a local CLIPModel folder")
@@ -182,11 +177,24 @@ def clip_loss(prompt: str, model_id: str = DEFAULT_CLIP) -> Loss:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise BadInput(f"clip loss: cannot load CLIP model {model_id!r} ({first}); it is not cached and the hub "
                        "may be unreachable: pass a local folder, clip_loss(prompt, model_id=PATH)") from err
+    return model, processor
+
+
+def clip_loss(prompt: str, model_id: str | None = None, components: tuple[Any, Any] | None = None) -> Loss:
+    """Factory: spherical distance 2 arcsin(|u - v| / 2)^2 between CLIP image and text embeddings.
+
+    `model_id` is a hub id or a local folder holding a `CLIPModel` and its `CLIPProcessor` (default
+    DEFAULT_CLIP); `components` passes an already loaded (model, processor) pair instead (see `model_loss`).
+    Preprocessing is done in torch (resize the short side, centre crop, normalise) so it is differentiable.
+    """
+    if not prompt.strip():
+        raise BadInput("clip loss: the text is empty; use clip=TEXT")
+    model, processor = components if components is not None else load_clip(model_id)
     ip = processor.image_processor
     side = _crop_side(getattr(ip, "crop_size", None) or ip.size)
     tokens = processor.tokenizer([prompt], padding="max_length", truncation=True, return_tensors="pt")
     with torch.no_grad():
-        text = _unit(_features(model.get_text_features(input_ids=tokens.input_ids)))
+        text = _unit(_features(model.get_text_features(input_ids=tokens.input_ids.to(model.device))))
 
     def clip(images: torch.Tensor) -> torch.Tensor:
         """2 arcsin(|u_image - u_text| / 2)^2, averaged over images."""
@@ -277,6 +285,26 @@ def check_loss(term: LossTerm) -> LossTerm:
     elif arg is not None and not arg.strip():
         raise BadInput(f"loss {term.name!r}: empty argument; expected {entry.arg}")
     return term
+
+
+def model_loss(model: Any, term: LossTerm) -> Loss:
+    """`resolve_loss`, kept on `model.losses` like decoders: CLIP loads once per model, not once per batch.
+
+    Several `clip=TEXT` terms share one loaded CLIP; an API term's own `fn` is used as it is.
+    """
+    if term.fn is not None:
+        return term.fn
+    cache = model.losses
+    if term.name not in cache:
+        entry, arg = _builtin(term.name)
+        if entry is not None and entry.factory is clip_loss and arg is not None:
+            key = ("clip-model", DEFAULT_CLIP)
+            if key not in cache:
+                cache[key] = load_clip(DEFAULT_CLIP)
+            cache[term.name] = clip_loss(arg, components=cache[key])
+        else:
+            cache[term.name] = resolve_loss(term)
+    return cache[term.name]
 
 
 def resolve_loss(term: LossTerm) -> Loss:

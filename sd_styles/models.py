@@ -6,8 +6,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import diffusers
 import torch
 from diffusers import StableDiffusionPipeline
+from packaging.version import Version
 
 from .errors import BadInput
 from .tiny import TINY_ID, TINY_VERSION, build_tiny_pipeline
@@ -17,6 +19,8 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 log = logging.getLogger(__name__)
+# diffusers 0.40 renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns); older releases ignore `dtype`
+_DTYPE_KEYWORD = "dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype"
 
 
 @dataclass
@@ -32,6 +36,7 @@ class StyleModel:
     concepts: dict = field(default_factory=dict)  # token -> loaded concept, kept by sd_styles.concepts
     token_slots: dict = field(default_factory=dict)  # vocabulary token we added -> its id (reused on reload)
     decoders: dict = field(default_factory=dict)     # loss-decoder name -> decoder, built once per model
+    losses: dict = field(default_factory=dict)       # loss name -> loss (CLIP loaded once), see losses.model_loss
 
     @property
     def native_size(self) -> tuple[int, int]:
@@ -96,7 +101,7 @@ def _from_pretrained(source: str, revision: str | None, dtype: torch.dtype) -> S
         raise BadInput(f"--model {source}: no such folder; give a hub id (org/name), a local diffusers folder, or 'tiny'")
     try:
         return StableDiffusionPipeline.from_pretrained(
-            source, revision=revision, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+            source, revision=revision, safety_checker=None, requires_safety_checker=False, **{_DTYPE_KEYWORD: dtype})
     except OSError as err:  # huggingface_hub raises OSError subclasses for offline / missing / gated repos
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BadInput(

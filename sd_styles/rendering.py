@@ -12,7 +12,7 @@ from PIL import Image
 from .decoders import make_decoder
 from .errors import BadInput
 from .guidance import make_guided_denoiser
-from .losses import resolve_loss, resolve_scales
+from .losses import model_loss, resolve_scales
 from .models import StyleModel
 from .recipe import ConceptRef, Recipe
 from .sampling import StepCallback, decode, encode_prompts, initial_latents, make_denoiser, sample, to_pil, uses_cfg
@@ -102,7 +102,7 @@ def render_batch(model: StyleModel, cells: list[Recipe], callback: StepCallback 
     history: list[list[float]] = [[] for _ in cells]
     if first.guided:
         g = first.guidance
-        terms = [(resolve_loss(t), float(t.scale)) for t in g.losses]
+        terms = [(model_loss(model, t), float(t.scale)) for t in g.losses]
         steps = len(scheduler.timesteps)  # PNDM runs one more step than asked: guide the whole schedule
         denoise = make_guided_denoiser(denoise, scheduler, g, steps, make_decoder(model, g.decoder), terms, history,
                                        chunk=n)
