@@ -80,7 +80,7 @@ def a1111_fields(recipe: Recipe, loss_history: list[float] | None = None) -> dic
 
 
 def a1111_parameters(recipe: Recipe, loss_history: list[float] | None = None) -> str:
-    """`prompt\\nNegative prompt: ...\\nSteps: 50, Sampler: LMS, CFG scale: 7.5, Seed: 101, ...` (A1111's layout)."""
+    """`prompt\\nNegative prompt: ...\\nSteps: 50, Sampler: LMS, Schedule type: Automatic, ...` (A1111's layout)."""
     line = ", ".join(f"{k}: {a1111_quote(v)}" for k, v in a1111_fields(recipe, loss_history).items())
     negative = f"\nNegative prompt: {recipe.negative_prompt}" if recipe.negative_prompt else ""
     return f"{recipe.prompt}{negative}\n{line}".strip()  # A1111 strips the whole text too

@@ -40,3 +40,38 @@ def test_a_built_wheel_ships_the_catalog_and_the_classic_experiment(tmp_path):
     out = subprocess.run([str(python), "-c", CHECK], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["5", "data/five_styles.toml"]
+
+
+# what the code needs, and why (each was a real failure with the old floors)
+NEEDED = {"torch": "2.6", "diffusers": "0.32", "transformers": "4.46.1", "huggingface_hub": "0.25",
+          "safetensors": "0.4.1"}
+
+
+def _floors(lines) -> dict[str, str]:
+    import re
+
+    out = {}
+    for line in lines:
+        m = re.match(r"\s*\"?([A-Za-z0-9_.-]+)\s*(>=|==)\s*([0-9][0-9.]*)", line)
+        if m:
+            out[m.group(1).lower().replace("-", "_")] = m.group(3)
+    return out
+
+
+def test_declared_floors_are_what_the_code_needs_and_ci_pins_them():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    from packaging.version import Version
+
+    declared = _floors(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    required = _floors((ROOT / "requirements.txt").read_text().splitlines())
+    pinned = _floors((ROOT / ".ci" / "minimum-versions.txt").read_text().splitlines())
+    for name, need in NEEDED.items():
+        assert Version(declared[name]) >= Version(need), (name, declared[name], need)
+        assert required[name] == declared[name], f"requirements.txt and pyproject.toml disagree on {name}"
+        if name != "torch":            # torch: CI has only the 2.13.0 CPU build on disk (see the pins file)
+            assert pinned[name] == declared[name], f".ci/minimum-versions.txt must pin {name} at its floor"
+    assert "minimum-versions.txt" in (ROOT / ".ci" / "run").read_text()
