@@ -62,7 +62,7 @@ def final_latents_by_scheduler(tiny_model, reference) -> dict:
 def test_final_latents_equal_diffusers_for_every_scheduler(final_latents_by_scheduler, scheduler):
     """The loop is exact: the latents the VAE receives equal the pipeline's, to float rounding (1e-6)."""
     ours, theirs = final_latents_by_scheduler[scheduler]
-    assert ours.shape == theirs.shape == (1, 4, 8, 8)
+    assert ours.shape == theirs.shape == (1, 4, 32, 32)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
     # the comparison can tell schedulers apart: every other scheduler's latents are far from these
     others = [float((ours - o).abs().max()) for name, (o, _) in final_latents_by_scheduler.items() if name != scheduler]
