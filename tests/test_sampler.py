@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 from diffusers import StableDiffusionPipeline
 from helpers import pixel_diff
 from PIL import Image
@@ -58,12 +61,19 @@ def final_latents_by_scheduler(tiny_model, reference) -> dict:
     return out
 
 
+# 1e-6 with the current stack. At the declared minimum versions (diffusers 0.32, transformers 4.46.1; CI's
+# second environment) the latents differ by up to 3.3e-5 (measured): float rounding in the older stack,
+# still 30x below the distance to the nearest other scheduler checked below.
+CURRENT_STACK = Version(diffusers.__version__) >= Version("0.40") and Version(transformers.__version__).major >= 5
+LATENT_ATOL = 1e-6 if CURRENT_STACK else 1e-4
+
+
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
 def test_final_latents_equal_diffusers_for_every_scheduler(final_latents_by_scheduler, scheduler):
     """The loop is exact: the latents the VAE receives equal the pipeline's, to float rounding (1e-6)."""
     ours, theirs = final_latents_by_scheduler[scheduler]
     assert ours.shape == theirs.shape == (1, 4, 32, 32)
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=LATENT_ATOL)
     # the comparison can tell schedulers apart: every other scheduler's latents are far from these
     others = [float((ours - o).abs().max()) for name, (o, _) in final_latents_by_scheduler.items() if name != scheduler]
     assert min(others) > 1e-3, others
