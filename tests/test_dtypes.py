@@ -4,7 +4,7 @@ several schedulers and decoders, so dtype bugs show up before a GPU run.
 Reference: the same recipes in fp32, 3 steps at 32x32 on the tiny model. Measured (max / mean per pixel,
 1/255 units): plain bf16 <= 5 / 0.7, fp16 <= 1 / 0.1; guided through the VAE (scale 600) bf16 <= 8 / 1.0;
 guided through the linear decoder bf16 up to 112 / 6.5 (its latent-resolution gradient of an |x - c| loss
-flips sign on bf16 rounding, and the random tiny model is chaotic under it), fp16 <= 1 / 0.1. The bounds
+flips sign on rounding, and the random tiny model is chaotic under it), fp16 up to 10 / 0.34. The bounds
 below sit above those; anything dtype-broken (NaN, a wrong cast, an fp16 overflow, a black image) is far
 outside them or not finite at all.
 """
@@ -19,7 +19,7 @@ from sd_styles.models import load_model
 from sd_styles.recipe import Guidance, LossTerm
 from sd_styles.rendering import make_recipe, render
 
-# (scheduler, decoder or None for plain) -> (max, mean) per-pixel difference allowed for bf16; fp16: (4, 0.5)
+# (scheduler, decoder or None for plain) -> (max, mean) per-pixel difference allowed for bf16 (fp16: below)
 CASES = {("lms", None): (8, 1.5), ("dpm++2m", None): (8, 1.5), ("pndm", None): (8, 1.5),
          ("euler-a", "vae"): (16, 2.0), ("ddim", "vae"): (16, 2.0),
          ("dpm++2m", "linear"): (160, 10.0), ("pndm", "linear"): (160, 10.0)}
@@ -49,7 +49,8 @@ def _recipes(model, scheduler: str, decoder: str | None):
 @pytest.mark.parametrize("scheduler, decoder", list(CASES), ids=[f"{s}-{d or 'plain'}" for s, d in CASES])
 def test_half_precision_renders_are_finite_and_close_to_fp32(tiny_model, half_model, scheduler, decoder):
     assert half_model.pipe.unet.dtype in (torch.bfloat16, torch.float16)
-    max_diff, mean_diff = CASES[scheduler, decoder] if half_model.dtype == torch.bfloat16 else (4, 0.5)
+    fp16 = (16, 1.0) if decoder == "linear" else (4, 0.5)
+    max_diff, mean_diff = CASES[scheduler, decoder] if half_model.dtype == torch.bfloat16 else fp16
     half = render(half_model, _recipes(half_model, scheduler, decoder), progress=False)
     full = render(tiny_model, _recipes(tiny_model, scheduler, decoder), progress=False)
     for h, f in zip(half, full):
