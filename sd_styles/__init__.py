@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 # and the command line can quiet library logging before diffusers / transformers load.
 _EXPORTS = {
     "BadInput": "errors", "RuntimeFailure": "errors", "SdStylesError": "errors",
-    "DEFAULT_MODEL": "models", "StyleModel": "models", "load_model": "models",
+    "DEFAULT_MODEL": "models", "StyleModel": "models", "load_model": "models", "load_refiner": "refiner",
     "ConceptRef": "recipe", "Guidance": "recipe", "LossTerm": "recipe", "Recipe": "recipe",
     "Result": "rendering", "make_recipe": "rendering", "render": "rendering",
     "add_concept": "concepts", "add_concepts": "concepts", "remove_concept": "concepts", "read_concept": "concepts",

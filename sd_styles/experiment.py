@@ -46,13 +46,15 @@ class Experiment:
     prompt: str                    # with {style}
     styles: tuple[Style, ...]
     model: str = DEFAULT_MODEL
-    negative_prompt: str = ""
+    negative_prompt: str | None = None  # None: no negative prompt (SDXL: zeros); "" is an empty text
     steps: int = 50
     guidance_scale: float = 7.5    # classifier-free guidance (cfg)
     width: int | None = None       # None: the model's native size
     height: int | None = None
     scheduler: str = DEFAULT_SCHEDULER
     guidance: Guidance | None = None  # present: every style is rendered plain and guided
+    refiner: str | None = None     # SDXL refiner for the last part of every cell's schedule
+    refiner_switch: float = 0.8    # fraction of the schedule the base runs
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -179,11 +181,13 @@ def plan_cells(model, exp: Experiment, kinds: Sequence[str] | None = None) -> li
         for column, style in enumerate(exp.styles):
             concept = _loaded(model, style)
             prompt = exp.prompt.replace(STYLE_SLOT, concept.token)
-            negative = exp.negative_prompt.replace(STYLE_SLOT, concept.token)
+            negative = None if exp.negative_prompt is None else exp.negative_prompt.replace(STYLE_SLOT, concept.token)
+            refiner = {"refiner": exp.refiner, "refiner_switch": exp.refiner_switch} if exp.refiner else {}
             recipe = make_recipe(model, prompt, negative_prompt=negative, seed=style.seed, steps=exp.steps,
                                  cfg=exp.guidance_scale, scheduler=exp.scheduler,
                                  guidance=exp.guidance if kind == "guided" else None,
-                                 concepts=_concept_refs(model, concept, prompt + " " + negative), **size)
+                                 concepts=_concept_refs(model, concept, prompt + " " + (negative or "")),
+                                 **size, **refiner)
             cells.append(Cell(column, kind, concept.token, style.concept, recipe))
     return cells
 

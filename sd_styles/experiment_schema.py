@@ -18,6 +18,7 @@ from .schedulers import SCHEDULERS
 TOML_KEYS: dict[str, type] = {
     "name": str, "model": str, "prompt": str, "negative_prompt": str, "steps": int, "guidance_scale": float,
     "width": int, "height": int, "scheduler": str, "styles": list, "guidance": dict,
+    "refiner": str, "refiner_switch": float,
 }
 STYLE_KEYS: dict[str, type] = {"concept": str, "seed": int, "token": str}
 GUIDANCE_KEYS: dict[str, type] = {"loss": object, "scale": float, "every": int, "decoder": str,
@@ -63,6 +64,12 @@ def parse_table(data: dict, where: str) -> dict:
             _within(where, check, out[key], key)
     if "scheduler" in out and out["scheduler"] not in SCHEDULERS:
         raise _fail(where, f"unknown scheduler {out['scheduler']!r}; allowed: {', '.join(SCHEDULERS)}")
+    if "refiner" in out and not out["refiner"].strip():
+        raise _fail(where, "refiner is empty; give an SDXL refiner's hub id or folder, or leave the key out")
+    if "refiner_switch" in out and not 0 < out["refiner_switch"] < 1:
+        raise _fail(where, f"refiner_switch must be a number between 0 and 1 (exclusive), got {out['refiner_switch']!r}")
+    if "refiner_switch" in out and "refiner" not in out:
+        raise _fail(where, "refiner_switch needs refiner (an SDXL refiner's hub id or folder)")
     if not out["styles"]:
         raise _fail(where, "styles is empty; add at least one [[styles]] table with concept and seed")
     out["styles"] = [parse_style(s, where, i) for i, s in enumerate(out["styles"])]

@@ -62,6 +62,9 @@ def a1111_fields(recipe: Recipe, loss_history: list[float] | None = None) -> dic
         "Size": f"{recipe.width}x{recipe.height}",
         "Model": recipe.model,
     }
+    if recipe.refiner is not None:  # A1111's keys for an SDXL refiner
+        fields["Refiner"] = recipe.refiner
+        fields["Refiner switch at"] = recipe.refiner_switch
     if recipe.concepts:
         # A1111's own key for embeddings: "name: first 10 hex of sha256, ..."
         fields["TI hashes"] = ", ".join(f"{c.token}: {c.sha256[:10] or 'unknown'}" for c in recipe.concepts)

@@ -58,10 +58,10 @@ class ConceptRef:
 
 @dataclass(frozen=True)
 class Recipe:
-    """(model, prompt, negative, concepts, seed, size, steps, cfg, scheduler, guidance) -> one image."""
+    """(model, prompt, negative, concepts, seed, size, steps, cfg, scheduler, refiner, guidance) -> one image."""
 
     prompt: str
-    negative_prompt: str = ""
+    negative_prompt: str | None = ""  # None: no negative prompt (SDXL conditions on zeros); "" is an empty text
     seed: int = 0
     width: int = 512
     height: int = 512
@@ -72,6 +72,9 @@ class Recipe:
     model_revision: str | None = None
     concepts: tuple[ConceptRef, ...] = ()
     guidance: Guidance | None = None
+    refiner: str | None = None     # SDXL refiner (hub id / folder / "tiny-sdxl-refiner"); None: the base alone
+    refiner_revision: str | None = None
+    refiner_switch: float = 0.8    # fraction of the schedule the base runs (A1111's "Refiner switch at")
 
     def check(self) -> "Recipe":
         """Fail fast with the bad value in the message (exit code 2 on the command line)."""
@@ -81,6 +84,11 @@ class Recipe:
         check_cfg(self.cfg)
         check_seed(self.seed)
         check_scheduler(self.scheduler)
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise BadInput(f"negative prompt must be a string or None, got {self.negative_prompt!r}")
+        switch = self.refiner_switch
+        if isinstance(switch, bool) or not isinstance(switch, (int, float)) or not 0 < switch < 1:
+            raise BadInput(f"refiner switch must be a number between 0 and 1 (exclusive), got {switch!r}")
         if self.guidance is not None:
             check_guidance(self.guidance)
         return self
@@ -94,10 +102,14 @@ class Recipe:
 
         A guidance whose scales are all 0 does nothing, so such a cell batches with the plain ones."""
         guidance = self.guidance if self.guided else None
-        return (self.width, self.height, self.steps, self.cfg, self.scheduler, self.model, guidance)
+        return (self.width, self.height, self.steps, self.cfg, self.scheduler, self.model, guidance,
+                self.refiner, self.refiner_switch if self.refiner is not None else None)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if self.refiner is None:  # recipes without a refiner keep the keys (and digests) they always had
+            for key in ("refiner", "refiner_revision", "refiner_switch"):
+                d.pop(key)
         if self.guidance is not None:
             for term in d["guidance"]["losses"]:
                 term.pop("fn", None)

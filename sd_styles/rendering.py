@@ -15,8 +15,9 @@ from .guidance import make_guided_denoiser
 from .losses import model_loss, resolve_scales
 from .models import StyleModel
 from .recipe import ConceptRef, Recipe
-from .sampling import StepCallback, decode, encode_prompts, initial_latents, make_denoiser, sample, to_pil, uses_cfg
-from .schedulers import make_scheduler
+from .conditioning import encode_conditioning
+from .refiner import attached_refiner, plan_phases
+from .sampling import StepCallback, decode, initial_latents, make_denoiser, sample, to_pil, uses_cfg
 
 
 @dataclass
@@ -29,11 +30,21 @@ class Result:
 
 
 def make_recipe(model: StyleModel, prompt: str, **settings) -> Recipe:
-    """A recipe for `model`: native size by default, and the loaded concepts the prompts mention."""
+    """A recipe for `model`: native size by default, and the loaded concepts the prompts mention.
+
+    No `negative_prompt` (or None) means "no negative prompt": SDXL then conditions on zeros, SD 1.x on "".
+    A refiner loaded on the model is used unless `refiner=None` is passed.
+    """
     width, height = model.native_size
     settings.setdefault("width", width)
     settings.setdefault("height", height)
-    text = prompt + " " + settings.get("negative_prompt", "")
+    if settings.get("negative_prompt") is None:  # None and "" give the same pixels on SD 1.x: record ""
+        settings["negative_prompt"] = None if model.family == "sdxl" else ""
+    if "refiner" not in settings and model.refiner is not None:
+        settings["refiner"] = model.refiner.source
+    if settings.get("refiner") is not None:
+        settings.setdefault("refiner_revision", attached_refiner(model, settings["refiner"]).revision)
+    text = prompt + " " + (settings["negative_prompt"] or "")
     refs = tuple(ConceptRef(_portable(c.source), c.token, c.sha256) for c in prompt_concepts(model, text))
     settings.setdefault("concepts", refs)
     if settings.get("guidance") is not None:
@@ -70,6 +81,8 @@ def render(model: StyleModel, recipes: Sequence[Recipe], *, batch_size: int = 8,
         raise BadInput(f"batch_size must be >= 1, got {batch_size}")
     for r in recipes:
         r.check()
+        if r.refiner is not None:
+            attached_refiner(model, r.refiner)
     groups: dict[tuple, list[int]] = {}
     for idx, r in enumerate(recipes):
         groups.setdefault(r.batch_key(), []).append(idx)
@@ -87,26 +100,41 @@ def render(model: StyleModel, recipes: Sequence[Recipe], *, batch_size: int = 8,
 
 def render_batch(model: StyleModel, cells: list[Recipe], callback: StepCallback | None = None,
                  progress: bool = True, desc: str = "denoising", fused: bool = False) -> list[Result]:
-    """Render cells that share size, steps, cfg, scheduler and guidance through one loop."""
+    """Render cells that share size, steps, cfg, scheduler, refiner and guidance through one loop.
+
+    The loop runs in phases: the whole schedule on the model, or with an SDXL refiner the base's
+    steps then the refiner's on the same latents (sd_styles.refiner.plan_phases).
+    """
     first = cells[0]
     n = len(cells) if fused else 1  # cells per model call
-    pipe, device = model.pipe, model.device
-    scheduler = make_scheduler(first.scheduler, pipe.scheduler.config)
-    scheduler.set_timesteps(first.steps, device=device)
-    do_cfg = uses_cfg(pipe, first.cfg)
-    embeds = [encode_prompts(pipe, [c.prompt for c in part], [c.negative_prompt for c in part], do_cfg, device)
-              for part in (cells[k:k + n] for k in range(0, len(cells), n))]
+    phases = plan_phases(model, first, model.device)
     generators = [torch.Generator("cpu").manual_seed(c.seed) for c in cells]
-    latents = initial_latents(pipe, scheduler, generators, first.width, first.height, embeds[0].dtype, device)
-    denoise = make_denoiser(pipe.unet, scheduler, embeds, first.cfg, do_cfg)
     history: list[list[float]] = [[] for _ in cells]
+    latents = None
+    with torch.no_grad():
+        for phase in phases:
+            denoise, dtype = _phase_denoiser(phase, cells, n, history)
+            if latents is None:
+                latents = initial_latents(model.pipe, phase.scheduler, generators, first.width, first.height,
+                                          dtype, model.device)
+            latents = sample(denoise, phase.scheduler, latents, generators, callback=callback, desc=desc,
+                             progress=progress, begin=phase.begin, end=phase.end, begin_index=phase.begin_index)
+        images = decode(phases[-1].model.pipe.vae, latents, chunk=n)
+    return [Result(img, cell, hist) for img, cell, hist in zip(to_pil(images), cells, history)]
+
+
+def _phase_denoiser(phase, cells: list[Recipe], n: int, history: list[list[float]]):
+    """(denoiser, text-embedding dtype) of one phase: its model's conditioning per chunk, guidance wrapped on."""
+    first, model, scheduler = cells[0], phase.model, phase.scheduler
+    do_cfg = uses_cfg(model.pipe, first.cfg)
+    conds = [encode_conditioning(model, [c.prompt for c in part], [c.negative_prompt for c in part], do_cfg,
+                                 first.width, first.height)
+             for part in (cells[k:k + n] for k in range(0, len(cells), n))]
+    denoise = make_denoiser(model.pipe.unet, scheduler, conds, first.cfg, do_cfg)
     if first.guided:
         g = first.guidance
         terms = [(model_loss(model, t), float(t.scale)) for t in g.losses]
         steps = len(scheduler.timesteps)  # PNDM runs one more step than asked: guide the whole schedule
         denoise = make_guided_denoiser(denoise, scheduler, g, steps, make_decoder(model, g.decoder), terms, history,
                                        chunk=n)
-    with torch.no_grad():
-        latents = sample(denoise, scheduler, latents, generators, callback=callback, desc=desc, progress=progress)
-        images = decode(pipe.vae, latents, chunk=n)
-    return [Result(img, cell, hist) for img, cell, hist in zip(to_pil(images), cells, history)]
+    return denoise, conds[0].embeds.dtype

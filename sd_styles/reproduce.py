@@ -22,6 +22,10 @@ def rerun(recipe: Recipe, *, model: str | StyleModel | None = None, device: str 
             check_loss(term)  # an unimportable user loss fails before any weights load
     if not isinstance(model, StyleModel):
         model = load_model(model or recipe.model, device=device, dtype=dtype, revision=None)
+    if recipe.refiner is not None and (model.refiner is None or model.refiner.source != recipe.refiner):
+        from .refiner import load_refiner
+
+        load_refiner(model, recipe.refiner)
     if model.source == recipe.model and recipe.model_revision and model.revision != recipe.model_revision:
         # the hub (or the tiny model's version) moved on since the image was made: pixels may differ
         log.warning("model %s is at revision %s, the image was made with %s", model.source, model.revision,

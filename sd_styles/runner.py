@@ -216,7 +216,11 @@ def run_experiment(exp: Experiment, *, out: str | Path = "outputs", model=None, 
             on_written(path)
 
     if model is None:
-        model = load_model(exp.model, device=device, dtype=dtype)
+        model = load_model(exp.model, device=device, dtype=dtype, refiner=exp.refiner)
+    elif exp.refiner and (model.refiner is None or model.refiner.source != exp.refiner):
+        from .refiner import load_refiner
+
+        load_refiner(model, exp.refiner)
     load_styles(model, exp, progress=progress)
     folder = Path(out) / exp.name
     results = render_cells(model, plan_cells(model, exp), out_dir=folder, batch_size=batch_size,

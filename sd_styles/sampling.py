@@ -49,20 +49,21 @@ def uses_cfg(pipe, cfg: float) -> bool:
     return cfg > 1 and pipe.unet.config.time_cond_proj_dim is None
 
 
-def make_denoiser(unet, scheduler, embeds: list[torch.Tensor], cfg: float, do_cfg: bool) -> Denoiser:
+def make_denoiser(unet, scheduler, conds: list, cfg: float, do_cfg: bool) -> Denoiser:
     """eps = eps_u + cfg * (eps_c - eps_u), the UNet under no-grad, one call per chunk of cells.
 
-    `embeds[j]` holds chunk j's text embeddings ([negatives; prompts] with CFG). With one cell per chunk
-    every UNet call has the shapes of a cell rendered alone, so batching cannot change a single bit.
+    `conds[j]` is chunk j's `conditioning.Conditioning` (text embeddings [negatives; prompts] with CFG,
+    plus SDXL's added conditioning). With one cell per chunk every UNet call has the shapes of a cell
+    rendered alone, so batching cannot change a single bit.
     """
-    sizes = [e.shape[0] // (2 if do_cfg else 1) for e in embeds]
+    sizes = [c.rows // (2 if do_cfg else 1) for c in conds]
 
     def denoise(latents, i, t):
         outs = []
-        for x, e in zip(latents.split(sizes), embeds):  # x: (n, 4, h, w)
+        for x, c in zip(latents.split(sizes), conds):  # x: (n, 4, h, w)
             x_in = scheduler.scale_model_input(torch.cat([x] * 2) if do_cfg else x, t)
             with torch.no_grad():
-                out = unet(x_in, t, encoder_hidden_states=e, return_dict=False)[0]
+                out = unet(x_in, t, **c.unet_kwargs(), return_dict=False)[0]
             if do_cfg:
                 uncond, cond = out.chunk(2)
                 out = uncond + cfg * (cond - uncond)
@@ -113,10 +114,18 @@ def step_kwargs(scheduler, generators: list[torch.Generator]) -> dict:
 
 
 def sample(denoise: Denoiser, scheduler, latents: torch.Tensor, generators: list[torch.Generator], *,
-           callback: StepCallback | None = None, desc: str = "denoising", progress: bool = True) -> torch.Tensor:
-    """Run the schedule: denoise, then one scheduler step per timestep."""
+           callback: StepCallback | None = None, desc: str = "denoising", progress: bool = True,
+           begin: int = 0, end: int | None = None, begin_index: int | None = None) -> torch.Tensor:
+    """Run steps begin..end-1 of the schedule (default: all): denoise, then one scheduler step per timestep.
+
+    `begin_index` goes to `scheduler.set_begin_index` (as SDXL's pipelines do; an SDXL refiner starts mid-schedule).
+    """
     kw = step_kwargs(scheduler, generators)
-    for i, t in enumerate(tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False)):
+    if begin_index is not None and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin_index)
+    end = len(scheduler.timesteps) if end is None else end
+    for i in tqdm(range(begin, end), desc=desc, disable=not progress, leave=False):
+        t = scheduler.timesteps[i]
         latents, out = denoise(latents, i, t)
         x0 = predict_x0(scheduler, latents, out, i, t) if callback is not None else None
         latents = scheduler.step(out, t, latents, **kw, return_dict=False)[0]
@@ -128,8 +137,19 @@ def sample(denoise: Denoiser, scheduler, latents: torch.Tensor, generators: list
 def decode(vae, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Raw latents -> images (B, 3, H, W) in [0, 1], `chunk` latents per VAE call (default: all)."""
     parts = latents.split(chunk or latents.shape[0])
-    z = [p.to(vae.dtype) / vae.config.scaling_factor for p in parts]
+    z = [unscale_latents(vae, p.to(vae.dtype)) for p in parts]
     return torch.cat([(vae.decode(p, return_dict=False)[0] / 2 + 0.5).clamp(0, 1) for p in z])
+
+
+def unscale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """UNet latents -> VAE latents: z / scaling_factor, or z * std / scaling_factor + mean when the VAE has them."""
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is None or std is None:
+        return latents / vae.config.scaling_factor
+    shape = (1, len(mean), 1, 1)
+    mean = torch.tensor(mean).view(shape).to(latents.device, latents.dtype)
+    std = torch.tensor(std).view(shape).to(latents.device, latents.dtype)
+    return latents * std / vae.config.scaling_factor + mean
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

@@ -32,14 +32,18 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def write_byte_tokenizer(folder: Path) -> CLIPTokenizer:
-    """A CLIP BPE tokenizer with the byte alphabet and no merges: every character is one token."""
+def write_byte_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """A CLIP BPE tokenizer with the byte alphabet and no merges: every character is one token.
+
+    `pad_token`: SDXL's second tokenizer pads with "!" instead of "<|endoftext|>".
+    """
     folder.mkdir(parents=True, exist_ok=True)
     alphabet = list(_bytes_to_unicode().values())
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77,
+                        pad_token=pad_token)
     tok.save_pretrained(folder)
     return tok
 

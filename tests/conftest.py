@@ -65,3 +65,27 @@ def tiny_sd2_dir(tmp_path_factory, shared_fixtures) -> Path:
     """Tiny random UNet/VAE with the real SD 2.1 CLIP tokenizer and a 1024-wide text encoder."""
     return _real_tokenizer_model(tmp_path_factory, shared_fixtures, "stable-diffusion-2-1-base", 1024)
 
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    """The built-in tiny SDXL base (two byte-level encoders, 32 + 64 wide) saved as a diffusers folder."""
+    from sd_styles.tiny_sdxl import save_tiny_sdxl
+
+    return save_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_refiner_dir(tmp_path_factory) -> Path:
+    """The built-in tiny SDXL refiner (text_encoder_2 only, aesthetic score) saved as a diffusers folder."""
+    from sd_styles.tiny_sdxl import save_tiny_sdxl_refiner
+
+    return save_tiny_sdxl_refiner(tmp_path_factory.mktemp("models") / "tiny-sdxl-refiner")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_model(tiny_sdxl_dir, tiny_sdxl_refiner_dir):
+    """Tiny SDXL base with its refiner attached, loaded through the `--model PATH --refiner PATH` code path."""
+    from sd_styles.models import load_model
+
+    return load_model(str(tiny_sdxl_dir), device="cpu", dtype="fp32", refiner=str(tiny_sdxl_refiner_dir))

@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--concept", action="append", default=[], metavar="SRC",
                    help="textual-inversion concept: hub id, .bin/.pt/.safetensors/.png file, or folder (repeatable)")
     p.add_argument("--token", help="trigger token for the one --concept given")
-    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--negative", help="negative prompt (none by default: SDXL then uses zeros, unlike --negative '')")
     p.add_argument("--seed", type=seed_int, action="append", help="repeatable (default 0)")
     p.add_argument("--steps", type=positive_int, default=50)
     p.add_argument("--cfg", type=finite_float, default=7.5)
@@ -33,6 +33,10 @@ def register(sub) -> None:
     p.add_argument("--loss-decoder", default="vae", metavar="vae|tiny|linear|PATH",
                    help="decoder for the loss: full VAE, TAESD from the hub, 4x3 latent-to-RGB map, "
                         "or a local AutoencoderTiny folder (default vae)")
+    p.add_argument("--refiner", metavar="ID|PATH",
+                   help="SDXL refiner (hub id, folder or tiny-sdxl-refiner) for the last steps of the schedule")
+    p.add_argument("--refiner-switch", type=finite_float, metavar="F",
+                   help="fraction of the schedule the base runs before the refiner takes over (default 0.8)")
     p.add_argument("--out", default="outputs", help="output folder (default outputs/)")
     p.set_defaults(func=run)
 
@@ -59,12 +63,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.token and len(args.concept) != 1:
         raise BadInput("--token needs exactly one --concept")
+    if args.refiner_switch is not None and not args.refiner:
+        raise BadInput("--refiner-switch needs --refiner")
+    if args.refiner_switch is not None and not 0 < args.refiner_switch < 1:
+        raise BadInput(f"--refiner-switch must be between 0 and 1 (exclusive), got {args.refiner_switch:g}")
+    if args.refiner:
+        from ..refiner import check_refiner_sources
+
+        check_refiner_sources(args.model, args.refiner)
     guidance = guidance_from_args(args)  # validate everything cheap before loading weights
     for source in args.concept:
         read_concept(source, args.token)  # a missing or broken concept fails before the model loads
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, refiner=args.refiner)
     add_concepts(model, args.concept, token=args.token)
     extra = {"width": args.size[0], "height": args.size[1]} if args.size else {}
+    if args.refiner_switch is not None:
+        extra["refiner_switch"] = args.refiner_switch
     recipes = [make_recipe(model, args.prompt, negative_prompt=args.negative, seed=seed, steps=args.steps,
                            cfg=args.cfg, scheduler=args.scheduler, guidance=guidance, **extra)
                for seed in (args.seed or [0])]

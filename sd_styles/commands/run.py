@@ -39,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
         exp = with_seeds(exp, args.seeds)
     if args.model:
         exp = replace(exp, model=args.model)
+    if exp.refiner:
+        from ..refiner import check_refiner_sources
+
+        check_refiner_sources(exp.model, exp.refiner)
     for style in exp.styles:
         read_concept(style.concept, style.token)  # a missing or broken concept fails before weights load
     # each path is printed as soon as it is written: a caller sees finished cells even if the run dies
