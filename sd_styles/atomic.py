@@ -1,4 +1,6 @@
-"""Atomic file writes: temp file in the target folder, fsync, rename. A reader never sees a partial file.
+"""Atomic file writes: temp file in the target folder, fsync, rename, fsync the folder. A reader never sees a
+partial file, and a crash right after the rename cannot lose it. Files get the permissions a plain `open`
+would give (0666 less the umask), not mkstemp's private 0600: grids and exports are meant to be shared.
 
 Temp files are named `.tmp-<pid>-<random><suffix>`, so a later run can tell the debris of a killed
 process (its pid is gone) from the work in progress of a live one, and clean only the former.
@@ -25,6 +27,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=path.suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):  # POSIX: mkstemp made it 0600
+                os.fchmod(f.fileno(), 0o666 & ~current_umask())
             write(f)
             f.flush()
             os.fsync(f.fileno())  # the bytes reach the disk before the name points at them
@@ -32,7 +36,34 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return path
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only set and return)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist the rename itself: the folder's entry list must reach the disk too (POSIX; a no-op on Windows)."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the data itself is already synced
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -14,8 +14,23 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - pyproject pulls tomli in for 3.10
     import tomli as tomllib
 
-# The repository's concepts/ folder (next to the package in a checkout or an editable install).
-CATALOG_PATH = Path(__file__).resolve().parent.parent / "concepts" / "catalog.toml"
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def shipped_file(name: str) -> Path:
+    """A file of the repository's concepts/ folder (`catalog.toml`, `five_styles.toml`).
+
+    In a checkout or an editable install that is `concepts/` next to the package; in an installed wheel
+    it is the copy shipped as package data in `sd_styles/data/` (symlinks into concepts/ in the repository).
+    """
+    for folder in (_PACKAGE.parent / "concepts", _PACKAGE / "data"):
+        if (folder / name).is_file():
+            return folder / name
+    return _PACKAGE / "data" / name   # missing: the caller reports this path
+
+
+CATALOG_PATH = shipped_file("catalog.toml")
+FIVE_STYLES_PATH = shipped_file("five_styles.toml")   # the classic assignment, for `sd-styles run`
 _KEYS = {"name", "concept", "token", "default"}
 
 

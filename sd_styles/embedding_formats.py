@@ -2,17 +2,16 @@
 
 The container is sniffed from the bytes, never trusted from the extension (A1111 dicts are saved as
 `.bin`, sd-concepts files as `.bin` or `.pt`): safetensors, torch zip, PNG with an `sd-ti-embedding`
-chunk. Pickles load with `weights_only=True`; what that refuses goes to the allow-list unpickler in
-`safe_pickle`, which runs no code from the file. The layout is then read from the object's keys.
+chunk. Torch checkpoints (zip or legacy) are read by the allow-list unpickler in `safe_pickle` only,
+never by `torch.load`: it runs no code from the file and bounds what the file can allocate. The layout
+is then read from the object's keys.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
-import pickle
 import struct
 import zlib
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import BadInput
-from .safe_pickle import RefusedPickle, load_torch_zip
+from .safe_pickle import RefusedPickle, load_torch_legacy, load_torch_zip
 
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -37,7 +36,7 @@ class Embedding:
     """Vectors of one concept, whatever file they came from."""
 
     format: str                        # sd-concepts|diffusers|a1111|textual-inversion|emb_params|sdxl|tensor
-    container: str                     # safetensors | torch | torch (allow-list unpickler) | png
+    container: str                     # safetensors | torch (allow-list unpickler) | torch legacy (...) | png
     own_token: str | None              # the token stored in the file, if it has one
     vectors: dict[str, torch.Tensor]   # encoder -> float32 [n_vectors, width]: {TEXT: ...} or clip_l + clip_g
 
@@ -82,10 +81,9 @@ def parse_embedding(data: bytes, label: str) -> Embedding:
     if _looks_like_safetensors(data):
         return interpret(_read_safetensors(data, label), "safetensors", label)
     if data.startswith(b"PK\x03\x04"):
-        obj, container = _read_torch_zip(data, label)
-        return interpret(obj, container, label)
+        return interpret(_read_torch(load_torch_zip, data, label), "torch (allow-list unpickler)", label)
     if data[:1] == b"\x80":  # a bare pickle (torch's pre-1.6 format, or plain pickle.dump)
-        return interpret(_read_legacy_pickle(data, label), "torch (legacy)", label)
+        return interpret(_read_torch(load_torch_legacy, data, label), "torch legacy (allow-list unpickler)", label)
     raise BadInput(f"{label} is not an embedding file (not safetensors, a torch checkpoint or an A1111 PNG)")
 
 
@@ -106,29 +104,14 @@ def _read_safetensors(data: bytes, label: str) -> dict:
         raise BadInput(f"{label} is a corrupt safetensors file ({_first_line(err)})") from None
 
 
-def _read_torch_zip(data: bytes, label: str) -> tuple[object, str]:
+def _read_torch(reader, data: bytes, label: str) -> object:
+    """Run one of safe_pickle's readers; refusals and damage become one-line BadInput."""
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), "torch"
-    except pickle.UnpicklingError:
-        pass  # needs more than plain tensors (an old ParameterDict, or code): the allow-list decides
-    except Exception as err:  # RuntimeError from the zip reader: damaged archive
-        raise BadInput(f"{label} is a corrupt torch file ({_first_line(err)})") from None
-    try:
-        return load_torch_zip(data), "torch (allow-list unpickler)"
+        return reader(data)
     except RefusedPickle as err:
         raise BadInput(f"{label} was refused: its pickle asks for {err.what}, and embedding files are only ever "
                        "read as tensors, dicts and ParameterDicts (no code from a file is run)") from None
-    except Exception as err:
-        raise BadInput(f"{label} is a corrupt torch file ({_first_line(err)})") from None
-
-
-def _read_legacy_pickle(data: bytes, label: str) -> object:
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise BadInput(f"{label} was refused: this old-style pickle needs more than tensors to load "
-                       f"({_first_line(err)[:80]}); no code from a file is run") from None
-    except Exception as err:
+    except Exception as err:  # UnpicklingError, BadZipFile, EOFError...: damaged, truncated or oversized
         raise BadInput(f"{label} is a corrupt torch file ({_first_line(err)})") from None
 
 

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 
 from .errors import BadInput
 from .experiment_schema import TOML_KEYS, parse_table
+from .limits import check_seed
 from .metadata import cell_filename, slug
 from .hub import DEFAULT_MODEL  # not from .models: reading a file must not import diffusers
 from .recipe import ConceptRef, Guidance, Recipe
@@ -119,7 +120,7 @@ def parse_experiment(data: dict, *, where: str = "experiment", base_dir: str | P
     if not _NAME.match(name):
         raise BadInput(f"{where}: name {name!r} must be a folder name: letters, digits, '.', '_' and '-', "
                        "starting with a letter or digit")
-    styles = tuple(replace(s, concept=_resolve_source(s.concept, base_dir)) for s in fields.pop("styles"))
+    styles = tuple(Style(**{**s, "concept": _resolve_source(s["concept"], base_dir)}) for s in fields.pop("styles"))
     exp = Experiment(name=name, styles=styles, **fields)
     if STYLE_SLOT not in exp.prompt:
         raise BadInput(f"{where}: prompt must contain {STYLE_SLOT} (replaced by each style's token), "
@@ -152,8 +153,7 @@ def with_seeds(exp: Experiment, seeds: Sequence[int]) -> Experiment:
         raise BadInput(f"--seeds gives {len(seeds)} seed(s) but the experiment has {len(exp.styles)} styles; "
                        "give exactly one per style, comma-separated")
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63:
-            raise BadInput(f"seeds must be integers from 0 to 2**63-1, got {s!r}")
+        check_seed(s, "each seed")
     return replace(exp, styles=tuple(replace(st, seed=s) for st, s in zip(exp.styles, seeds)))
 
 
@@ -222,9 +222,10 @@ def _loaded(model, style: Style):
 
 
 def _concept_refs(model, own, text: str) -> tuple[ConceptRef, ...]:
-    """The style's own concept, plus any other loaded concept the prompt names outside the style slot."""
-    rest = text.replace(own.token, " ")  # a token that contains another token must not pull it in
-    others = [c for tok, c in model.concepts.items() if tok != own.token and tok in rest]
+    """The style's own concept, plus any other loaded concept the prompt uses (as the tokenizer reads it)."""
+    from .rendering import prompt_concepts
+
+    others = [c for c in prompt_concepts(model, text) if c.token != own.token]
     return tuple(ConceptRef(c.source, c.token, c.sha256, c.revision) for c in [own, *others])
 
 

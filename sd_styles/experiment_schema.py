@@ -1,4 +1,8 @@
-"""Validation of experiment tables: each mistake is one line naming the key and what is allowed."""
+"""Validation of experiment tables: each mistake is one line naming the key and what is allowed.
+
+Produces plain values (styles as dicts, guidance as a Guidance); `experiment` builds its dataclasses from
+them, so this module never imports it. Ranges come from `limits`, shared with the API and the CLI.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import math
 from typing import Any
 
 from .errors import BadInput
+from .limits import check_cfg, check_seed, check_side, check_steps
 from .recipe import Guidance, LossTerm, check_guidance
 from .schedulers import SCHEDULERS
 
@@ -47,19 +52,16 @@ def _typed(value: Any, kind: type, where: str, key: str) -> Any:
 
 
 def parse_table(data: dict, where: str) -> dict:
-    """Top-level table -> Experiment keyword arguments (styles as dicts, guidance as a Guidance)."""
+    """Top-level table -> Experiment keyword arguments (styles as a list of dicts, guidance as a Guidance)."""
     _check_keys(data, TOML_KEYS, where, "top level")
     out = {key: _typed(value, TOML_KEYS[key], where, key) for key, value in data.items()}
     for key in ("prompt", "styles"):
         if key not in out:
             raise _fail(where, f"missing required key {key!r}")
-    if "steps" in out and not 1 <= out["steps"] <= 1000:
-        raise _fail(where, f"steps must be an integer from 1 to 1000, got {out['steps']!r}")
-    if "guidance_scale" in out and (not math.isfinite(out["guidance_scale"]) or out["guidance_scale"] < 0):
-        raise _fail(where, f"guidance_scale must be a finite number >= 0, got {out['guidance_scale']!r}")
-    for key in ("width", "height"):
-        if key in out and (out[key] < 8 or out[key] % 8):
-            raise _fail(where, f"{key} must be a positive multiple of 8, got {out[key]!r}")
+    checks = {"steps": check_steps, "guidance_scale": check_cfg, "width": check_side, "height": check_side}
+    for key, check in checks.items():
+        if key in out:
+            _within(where, check, out[key], key)
     if "scheduler" in out and out["scheduler"] not in SCHEDULERS:
         raise _fail(where, f"unknown scheduler {out['scheduler']!r}; allowed: {', '.join(SCHEDULERS)}")
     if "refiner" in out and not out["refiner"].strip():
@@ -76,10 +78,16 @@ def parse_table(data: dict, where: str) -> dict:
     return out
 
 
-def parse_style(table: Any, where: str, index: int):
-    """One [[styles]] table -> Style."""
-    from .experiment import Style
+def _within(where: str, check, value: Any, key: str) -> Any:
+    """Apply a `limits` check, its message prefixed with the file."""
+    try:
+        return check(value, key)
+    except BadInput as err:
+        raise _fail(where, str(err)) from None
 
+
+def parse_style(table: Any, where: str, index: int) -> dict:
+    """One [[styles]] table -> the keyword arguments of a Style (concept, seed, token)."""
     what = f"styles[{index}]"
     _check_keys(table, STYLE_KEYS, where, what)
     for key in ("concept", "seed"):
@@ -88,11 +96,10 @@ def parse_style(table: Any, where: str, index: int):
     values = {k: _typed(v, STYLE_KEYS[k], where, f"{what}.{k}") for k, v in table.items()}
     if not values["concept"].strip():
         raise _fail(where, f"{what}.concept is empty; give a hub id, a file or a folder")
-    if not 0 <= values["seed"] < 2**63:
-        raise _fail(where, f"{what}.seed must be an integer from 0 to 2**63-1, got {values['seed']!r}")
+    _within(where, check_seed, values["seed"], f"{what}.seed")
     if "token" in values and not values["token"].strip():
         raise _fail(where, f"{what}.token is empty; leave it out to use the concept's own token")
-    return Style(**values)
+    return values
 
 
 def parse_guidance(table: Any, where: str) -> Guidance:

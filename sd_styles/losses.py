@@ -9,7 +9,7 @@ parameterised ones (`color=#ff8800`, `canny=ref.png`, `clip=a watercolor paintin
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageColor
 
-from . import hub
-from .errors import BadInput, one_line
-from .hub import CLIP_FIX, DEFAULT_CLIP, is_hub_id
-from .recipe import LossTerm
+from .errors import BadInput
+from .losses_clip import DEFAULT_CLIP, clip_loss, load_clip
+from .recipe import Guidance, LossTerm
 
 Loss = Callable[[torch.Tensor], torch.Tensor]
 
@@ -163,74 +162,6 @@ def _image_tensor(source: Image.Image | torch.Tensor | str | Path) -> torch.Tens
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
 
 
-def clip_loss(prompt: str, model_id: str = DEFAULT_CLIP) -> Loss:
-    """Factory: spherical distance 2 arcsin(|u - v| / 2)^2 between CLIP image and text embeddings.
-
-    `model_id` is a hub id or a local folder holding a `CLIPModel` and its `CLIPProcessor`.
-    Preprocessing is done in torch (resize the short side, centre crop, normalise) so it is differentiable.
-    """
-    from transformers import CLIPModel, CLIPProcessor
-
-    if not prompt.strip():
-        raise BadInput("clip loss: the text is empty; use clip=TEXT")
-    local = Path(model_id).expanduser()
-    if not local.is_dir() and not is_hub_id(model_id):
-        raise BadInput(f"clip loss: no such folder {model_id!r}; give a hub id (org/name) or a local CLIPModel folder")
-    cache_only = not local.is_dir() and hub.require_cached("clip loss: CLIP model", model_id, "config.json", CLIP_FIX)
-    try:
-        model = CLIPModel.from_pretrained(model_id, local_files_only=cache_only).eval().requires_grad_(False)
-        processor = CLIPProcessor.from_pretrained(model_id, local_files_only=cache_only)
-    except (OSError, ValueError) as err:
-        raise BadInput(f"clip loss: cannot load CLIP model {model_id!r} ({one_line(err)}). It may not be fully "
-                       f"cached and the hub may be unreachable: {CLIP_FIX}") from err
-    ip = processor.image_processor
-    side = _crop_side(getattr(ip, "crop_size", None) or ip.size)
-    tokens = processor.tokenizer([prompt], padding="max_length", truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        text = _unit(_features(model.get_text_features(input_ids=tokens.input_ids)))
-
-    def clip(images: torch.Tensor) -> torch.Tensor:
-        """2 arcsin(|u_image - u_text| / 2)^2, averaged over images."""
-        if model.device != images.device:
-            model.to(images.device)
-        pixels = _clip_pixels(images.float(), side, ip.image_mean, ip.image_std)
-        u = _unit(_features(model.get_image_features(pixel_values=pixels.to(model.dtype)))).float()
-        v = text.to(u.device, u.dtype)
-        return (2 * ((u - v).norm(dim=-1) / 2).clamp(max=1).arcsin().square()).mean()
-
-    return clip
-
-
-def _crop_side(crop: Any) -> tuple[int, int]:
-    # transformers 5.x: a SizeDict with attributes; 4.x: a plain dict; very old configs: an int
-    if isinstance(crop, int):
-        return crop, crop
-    get = crop.get if hasattr(crop, "get") else (lambda k: getattr(crop, k, None))
-    h, w = get("height"), get("width")
-    edge = get("shortest_edge")
-    return (int(h), int(w)) if h and w else (int(edge), int(edge))
-
-
-def _features(out: Any) -> torch.Tensor:
-    # transformers < 5 returns the projected features; 5.x returns an output whose pooler_output holds them
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True)
-
-
-def _clip_pixels(images: torch.Tensor, side: tuple[int, int], mean, std) -> torch.Tensor:
-    """CLIPImageProcessor's resize-short-side + centre-crop + normalise, as differentiable torch ops."""
-    h, w = images.shape[-2:]
-    s = max(side[0] / h, side[1] / w)
-    size = (max(side[0], round(h * s)), max(side[1], round(w * s)))
-    x = F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
-    top, left = (size[0] - side[0]) // 2, (size[1] - side[1]) // 2
-    x = x[..., top:top + side[0], left:left + side[1]]
-    return (x - _rgb(mean, x)) / _rgb(std, x)
-
-
 @dataclass(frozen=True)
 class BuiltinLoss:
     """A registry entry: the loss without argument (if any), the `NAME=ARG` factory (if any), the default scale."""
@@ -280,6 +211,26 @@ def check_loss(term: LossTerm) -> LossTerm:
     return term
 
 
+def model_loss(model: Any, term: LossTerm) -> Loss:
+    """`resolve_loss`, kept on `model.losses` like decoders: CLIP loads once per model, not once per batch.
+
+    Several `clip=TEXT` terms share one loaded CLIP; an API term's own `fn` is used as it is.
+    """
+    if term.fn is not None:
+        return term.fn
+    cache = model.losses
+    if term.name not in cache:
+        entry, arg = _builtin(term.name)
+        if entry is not None and entry.factory is clip_loss and arg is not None:
+            key = ("clip-model", DEFAULT_CLIP)
+            if key not in cache:
+                cache[key] = load_clip(DEFAULT_CLIP)
+            cache[term.name] = clip_loss(arg, components=cache[key])
+        else:
+            cache[term.name] = resolve_loss(term)
+    return cache[term.name]
+
+
 def resolve_loss(term: LossTerm) -> Loss:
     """The callable behind a loss term: its own `fn`, a built-in (`NAME` or `NAME=ARG`), or module:function."""
     if term.fn is not None:
@@ -309,6 +260,14 @@ def loss_default_scale(name: str) -> float:
     """The built-in's default scale, or DEFAULT_SCALE for user losses."""
     entry, _ = _builtin(name)
     return entry.default_scale if entry is not None else DEFAULT_SCALE
+
+
+def resolve_scales(guidance: Guidance) -> Guidance:
+    """`guidance` with each scale left as None replaced by its loss's default (the number the recipe records)."""
+    if all(t.scale is not None for t in guidance.losses):
+        return guidance
+    terms = tuple(t if t.scale is not None else replace(t, scale=loss_default_scale(t.name)) for t in guidance.losses)
+    return replace(guidance, losses=terms)
 
 
 def parse_loss_spec(spec: str, default_scale: float | None = None) -> LossTerm:

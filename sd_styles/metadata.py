@@ -18,9 +18,14 @@ PARAMETERS_KEY = "parameters"     # A1111's key, read by its PNG Info tab and by
 FORMAT_VERSION = 1
 NEGATIVE_MARK = "Negative prompt:"  # A1111 starts the negative prompt at a line beginning with this
 
-# our scheduler names -> A1111 sampler names (pre-1.6 style, Karras folded into the name)
-A1111_SAMPLERS = {"lms": "LMS", "ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler-a": "Euler a",
-                  "dpm++2m": "DPM++ 2M", "dpm++2m-karras": "DPM++ 2M Karras"}
+# our scheduler names -> A1111 (Sampler, Schedule type), as A1111 1.6+ writes them. The schedule is always
+# explicit: A1111 reads a missing one as "Automatic", which means the sampler's own default
+# (sd_samplers_kdiffusion: DPM++ 2M defaults to Karras), so a bare "DPM++ 2M" would be read as Karras.
+# "Automatic" is only written where A1111's default is our spacing (Euler, LMS, Euler a have no default
+# scheduler: model_wrap.get_sigmas, the same as "Uniform"; DDIM and PLMS are timestep samplers).
+A1111_SAMPLERS = {"lms": ("LMS", "Automatic"), "ddim": ("DDIM", "Automatic"), "pndm": ("PLMS", "Automatic"),
+                  "euler": ("Euler", "Automatic"), "euler-a": ("Euler a", "Automatic"),
+                  "dpm++2m": ("DPM++ 2M", "Uniform"), "dpm++2m-karras": ("DPM++ 2M", "Karras")}
 
 # A1111's infotext parser (modules/infotext_utils.py: re_param_code), to read our own output back
 _A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -48,9 +53,11 @@ def a1111_unquote(text: str) -> str:
 
 def a1111_fields(recipe: Recipe, loss_history: list[float] | None = None) -> dict[str, object]:
     """The `key: value` fields of the last line, in A1111's order, then our own keys."""
+    sampler, schedule = A1111_SAMPLERS.get(recipe.scheduler, (recipe.scheduler, "Automatic"))
     fields: dict[str, object] = {
         "Steps": recipe.steps,
-        "Sampler": A1111_SAMPLERS.get(recipe.scheduler, recipe.scheduler),
+        "Sampler": sampler,
+        "Schedule type": schedule,
         "CFG scale": float(recipe.cfg),  # A1111 writes the float: 7.5, 7.0
         "Seed": recipe.seed,
         "Size": f"{recipe.width}x{recipe.height}",
@@ -77,7 +84,7 @@ def a1111_fields(recipe: Recipe, loss_history: list[float] | None = None) -> dic
 
 
 def a1111_parameters(recipe: Recipe, loss_history: list[float] | None = None) -> str:
-    """`prompt\\nNegative prompt: ...\\nSteps: 50, Sampler: LMS, CFG scale: 7.5, Seed: 101, ...` (A1111's layout)."""
+    """`prompt\\nNegative prompt: ...\\nSteps: 50, Sampler: LMS, Schedule type: Automatic, ...` (A1111's layout)."""
     line = ", ".join(f"{k}: {a1111_quote(v)}" for k, v in a1111_fields(recipe, loss_history).items())
     negative = f"\n{NEGATIVE_MARK} {a1111_prompt_text(recipe.negative_prompt)}" if recipe.negative_prompt else ""
     return f"{a1111_prompt_text(recipe.prompt)}{negative}\n{line}".strip()  # A1111 strips the whole text too

@@ -7,8 +7,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import diffusers
 import torch
 from diffusers import DiffusionPipeline
+from packaging.version import Version
 
 from . import hub
 from .errors import BadInput, one_line
@@ -22,6 +24,8 @@ FAMILIES = ("sd1", "sdxl")  # sd1: StableDiffusionPipeline models (SD 1.x and 2.
 SDXL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
 
 log = logging.getLogger(__name__)
+# diffusers 0.40 renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns); older releases ignore `dtype`
+_DTYPE_KEYWORD = "dtype" if Version(diffusers.__version__).release >= (0, 40) else "torch_dtype"
 
 
 @dataclass
@@ -40,6 +44,7 @@ class StyleModel:
     concepts: dict = field(default_factory=dict)  # token -> loaded concept, kept by sd_styles.concepts
     token_slots: dict = field(default_factory=dict)  # vocabulary token we added -> its id (reused on reload)
     decoders: dict = field(default_factory=dict)     # loss-decoder name -> decoder, built once per model
+    losses: dict = field(default_factory=dict)       # loss name -> loss (CLIP loaded once), see losses.model_loss
     folder: Path | None = None     # local folder the weights came from (hub snapshot folder: found lazily)
     digests: dict = field(default_factory=dict)      # component -> sha256 of its files (sd_styles.refiner)
     refiner: "StyleModel | None" = None  # SDXL refiner attached by sd_styles.refiner.load_refiner
@@ -171,7 +176,7 @@ def _from_pretrained(source: str, revision: str | None, dtype: torch.dtype) -> t
     try:
         index = read_model_index(source, revision)
         family = family_of(index)
-        pipe = pipeline_class(index).from_pretrained(source, revision=revision, dtype=dtype,
+        pipe = pipeline_class(index).from_pretrained(source, revision=revision, **{_DTYPE_KEYWORD: dtype},
                                                      local_files_only=cache_only, **_load_kwargs(family))
         return pipe, family
     except OSError as err:  # huggingface_hub raises OSError subclasses for offline / missing / gated repos

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable
 
 from .errors import BadInput
+from .limits import check_cfg, check_seed, check_side, check_steps
 from .schedulers import DEFAULT_SCHEDULER, check_scheduler
 
 DECODERS = ("vae", "tiny", "linear")  # or a local AutoencoderTiny folder
@@ -16,17 +17,16 @@ DECODERS = ("vae", "tiny", "linear")  # or a local AutoencoderTiny folder
 
 @dataclass(frozen=True)
 class LossTerm:
-    """One creative loss and its weight; `fn` (API only) overrides the lookup of `name`."""
+    """One creative loss and its weight; `fn` (API only) overrides the lookup of `name`.
+
+    `fn` takes part in equality (and so in `Recipe.batch_key`): two API terms that share a name but not
+    a function are different losses and never share a batch. A `scale` of None is filled with the loss's
+    default where specs are parsed (`make_recipe`, the loss parsers); a recipe only holds numbers.
+    """
 
     name: str                      # built-in loss name ("blue", "canny", ...) or "module:function"
-    scale: float | None = None     # multiplies the loss before its gradient; None: the loss's own default
-    fn: Callable | None = field(default=None, compare=False, repr=False)  # not serialised
-
-    def __post_init__(self):
-        if self.scale is None:  # resolved now so the recipe records the number actually used
-            from .losses import loss_default_scale
-
-            object.__setattr__(self, "scale", loss_default_scale(self.name))
+    scale: float | None = None     # multiplies the loss before its gradient; None: the loss's default (resolved)
+    fn: Callable | None = field(default=None, repr=False)  # not serialised; compared by identity
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Guidance:
         return i % self.every == 0 and self.start * steps <= i < self.end * steps
 
     def label(self) -> str:
-        return "+".join(f"{t.name}:{t.scale:g}" for t in self.losses)
+        return "+".join(f"{t.name}:{t.scale:g}" if t.scale is not None else t.name for t in self.losses)
 
 
 @dataclass(frozen=True)
@@ -79,15 +79,11 @@ class Recipe:
 
     def check(self) -> "Recipe":
         """Fail fast with the bad value in the message (exit code 2 on the command line)."""
-        for name, v in (("width", self.width), ("height", self.height)):
-            if not isinstance(v, int) or v < 8 or v % 8:
-                raise BadInput(f"{name} must be a positive multiple of 8, got {v!r}")
-        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
-            raise BadInput(f"steps must be an integer from 1 to 1000, got {self.steps!r}")
-        if not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg) or self.cfg < 0:
-            raise BadInput(f"cfg must be a finite number >= 0, got {self.cfg!r}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise BadInput(f"seed must be an integer from 0 to 2**63-1, got {self.seed!r}")
+        check_side(self.width, "width")
+        check_side(self.height, "height")
+        check_steps(self.steps)
+        check_cfg(self.cfg)
+        check_seed(self.seed)
         for name, v in (("prompt", self.prompt), ("model", self.model)):
             if not isinstance(v, str):  # recipes also come from files (rerun): every field is checked
                 raise BadInput(f"{name} must be a string, got {v!r}")
@@ -155,6 +151,9 @@ def check_guidance(g: Guidance) -> Guidance:
     for t in g.losses:
         if not isinstance(t.name, str) or not t.name.strip():
             raise BadInput(f"loss name must be a non-empty string, got {t.name!r}")
+        if t.scale is None:
+            raise BadInput(f"loss {t.name!r} has no scale: build recipes with make_recipe (which fills in the "
+                           "loss's default scale) or give LossTerm a scale")
         if not isinstance(t.scale, (int, float)) or not math.isfinite(t.scale):
             raise BadInput(f"loss scale must be a finite number, got {t.scale!r} for {t.name!r}")
     if not isinstance(g.every, int) or g.every < 1:

@@ -14,7 +14,7 @@ from .errors import BadInput
 from .fingerprint import execution_fingerprint
 from .guidance import loss_histories, make_guided_denoiser
 from .memory import check_fits
-from .losses import resolve_loss
+from .losses import model_loss, resolve_scales
 from .models import StyleModel
 from .recipe import ConceptRef, Recipe
 from .conditioning import encode_conditioning
@@ -57,10 +57,22 @@ def make_recipe(model: StyleModel, prompt: str, **settings) -> Recipe:
     if settings.get("refiner") is not None:
         settings.setdefault("refiner_revision", attached_refiner(model, settings["refiner"]).revision)
     text = prompt + " " + (settings["negative_prompt"] or "")
-    refs = tuple(ConceptRef(_portable(c.source), c.token, c.sha256, c.revision)
-                 for tok, c in model.concepts.items() if tok in text)
+    refs = tuple(ConceptRef(_portable(c.source), c.token, c.sha256, c.revision) for c in prompt_concepts(model, text))
     settings.setdefault("concepts", refs)
+    if settings.get("guidance") is not None:
+        settings["guidance"] = resolve_scales(settings["guidance"])  # the recipe records the scales used
     return Recipe(prompt=prompt, model=model.source, model_revision=model.revision, **settings).check()
+
+
+def prompt_concepts(model: StyleModel, text: str) -> list:
+    """The loaded concepts whose token the tokenizer finds in `text`, as whole added tokens.
+
+    The tokenizer decides, as it does when the prompt is encoded: `EasyNegativeV2` is one token when both
+    it and `EasyNegative` are loaded, so only it is recorded.
+    """
+    tokenizer = model.pipe.tokenizer
+    ids = set(tokenizer(text, add_special_tokens=False).input_ids)
+    return [c for c in model.concepts.values() if tokenizer.convert_tokens_to_ids(c.token) in ids]
 
 
 def _portable(source: str) -> str:
@@ -160,7 +172,7 @@ def _phase_denoiser(phase, cells: list[Recipe], n: int, history: list[torch.Tens
     denoise = make_denoiser(model.pipe.unet, scheduler, conds, first.cfg, do_cfg)
     if first.guided:
         g = first.guidance
-        terms = [(resolve_loss(t), float(t.scale)) for t in g.losses]
+        terms = [(model_loss(model, t), float(t.scale)) for t in g.losses]
         steps = len(scheduler.timesteps)  # PNDM runs one more step than asked: guide the whole schedule
         denoise = make_guided_denoiser(denoise, scheduler, g, steps, make_decoder(model, g.decoder), terms, history)
     return denoise, conds[0].embeds.dtype

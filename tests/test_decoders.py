@@ -79,23 +79,26 @@ def test_local_taesd_folder_decoder_is_loaded_once_per_model(tiny_model, taesd_d
     real = AutoencoderTiny.from_pretrained.__func__
     monkeypatch.setattr(AutoencoderTiny, "from_pretrained",
                         classmethod(lambda cls, *a, **k: calls.append(a) or real(cls, *a, **k)))
-    vars(tiny_model).pop("_loss_decoders", None)
+    tiny_model.decoders.clear()                  # the real per-model cache: start empty
     g = Guidance(losses=(LossTerm("blue", 500.0),), decoder=str(taesd_dir))
     recipes = [make_recipe(tiny_model, "a cat", seed=s, steps=3, guidance=g) for s in (0, 1)]
     results = render(tiny_model, recipes, batch_size=1, progress=False)   # two batches, three guided steps each
     assert len(calls) == 1
     assert all(len(r.loss_history) == 3 for r in results)
+    assert list(tiny_model.decoders) == [(str(taesd_dir), False)]   # kept on the model, keyed by (name, checkpoint)
     assert make_decoder(tiny_model, str(taesd_dir)) is make_decoder(tiny_model, str(taesd_dir))
+    assert len(calls) == 1
+    tiny_model.decoders.clear()
 
 
 def test_tiny_from_the_hub_offline_is_one_line_bad_input(tiny_model, monkeypatch):
     monkeypatch.setattr(decoders, "TAESD_REPOS", {"sd": "sd-styles-test/no-such-taesd", "sdxl": "x/y"})
     monkeypatch.setattr(hub, "local_only", lambda: False)   # reach the load itself
-    vars(tiny_model).pop("_loss_decoders", None)
+    tiny_model.decoders.clear()
     with pytest.raises(BadInput) as err:
         make_decoder(tiny_model, "tiny")
     assert "\n" not in str(err.value) and "--loss-decoder vae or linear" in str(err.value)
-    vars(tiny_model).pop("_loss_decoders", None)
+    assert not tiny_model.decoders                # a failed load caches nothing
 
 
 def test_linear_decoder_applies_the_4x3_factors_at_latent_resolution():
@@ -168,6 +171,19 @@ def test_gradient_checkpointing_keeps_values_and_gradients_and_saves_memory(tiny
 
 
 def test_checkpointing_is_on_for_accelerators_only(tiny_model):
-    vars(tiny_model).pop("_loss_decoders", None)
+    tiny_model.decoders.clear()
     make_decoder(tiny_model, "vae")
+    assert list(tiny_model.decoders) == [("vae", False)]
     assert not tiny_model.pipe.vae.decoder.gradient_checkpointing   # CPU: time matters more than memory
+
+
+def test_loading_a_model_uses_the_current_dtype_keyword(tiny_dir):
+    """No deprecated `torch_dtype` reaches diffusers (0.40+ warns on it); the dtype is still applied."""
+    import warnings
+
+    from sd_styles.models import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model = load_model(str(tiny_dir), device="cpu", dtype="bf16")
+    assert model.pipe.unet.dtype == model.pipe.text_encoder.dtype == torch.bfloat16

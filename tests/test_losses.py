@@ -182,3 +182,30 @@ def save_tiny_clip(folder):
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=processor, tokenizer=tok).save_pretrained(folder)
     return folder
+
+
+def test_clip_losses_load_clip_once_per_model(tiny_model, tiny_clip_dir, monkeypatch):
+    """Like decoders, loss models live on the model: three batches and two texts, one CLIP load."""
+    from transformers import CLIPModel
+
+    from sd_styles import losses
+    from sd_styles.recipe import Guidance
+    from sd_styles.rendering import make_recipe, render
+
+    calls = []
+    real = CLIPModel.from_pretrained.__func__
+    monkeypatch.setattr(CLIPModel, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: calls.append(a) or real(cls, *a, **k)))
+    monkeypatch.setattr(losses, "DEFAULT_CLIP", str(tiny_clip_dir))
+    tiny_model.losses.clear()
+    apple = Guidance((LossTerm("clip=a red apple", 100.0),), decoder="linear")
+    whale = Guidance((LossTerm("clip=a blue whale", 100.0),), decoder="linear")
+    recipes = [make_recipe(tiny_model, "a cat", seed=s, steps=2, width=32, height=32, guidance=g)
+               for s, g in ((0, apple), (1, apple), (2, whale))]
+    results = render(tiny_model, recipes, batch_size=1, progress=False)     # three batches
+    try:
+        assert len(calls) == 1
+        assert all(len(r.loss_history) == 2 for r in results)
+        assert results[0].loss_history != results[2].loss_history          # each text its own loss
+    finally:
+        tiny_model.losses.clear()

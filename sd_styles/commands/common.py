@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import BadInput
+from ..limits import check_seed, check_side
 
 
 def positive_int(text: str) -> int:
@@ -25,9 +26,10 @@ def seed_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"seed must be from 0 to 2**63-1, got {text!r}")
-    return value
+    try:
+        return check_seed(value)
+    except BadInput as err:  # the range rule lives in sd_styles.limits
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def finite_float(text: str) -> float:
@@ -47,9 +49,10 @@ def size(text: str) -> tuple[int, int]:
         w, h = (int(parts[0]), int(parts[0])) if len(parts) == 1 else map(int, parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WxH such as 512x512, got {text!r}") from None
-    if w < 8 or h < 8 or w % 8 or h % 8:
-        raise argparse.ArgumentTypeError(f"width and height must be positive multiples of 8, got {text!r}")
-    return w, h
+    try:
+        return check_side(w, "width"), check_side(h, "height")
+    except BadInput as err:  # the rule lives in sd_styles.limits
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 DEVICE_HELP = "where to render: auto picks cuda, then mps, then cpu"
