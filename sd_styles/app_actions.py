@@ -109,7 +109,7 @@ def app_guidance(loss: str, arg: str = "", scale: float | None = None, every: in
                  end: float = 1.0, decoder: str = "vae") -> Guidance | None:
     """Loss guidance from the form: built-in losses only, no file arguments (None for 'none')."""
     from .decoders import DECODER_NAMES, check_decoder
-    from .losses import BUILTIN_LOSSES, check_loss
+    from .losses import BUILTIN_LOSSES, check_loss, resolve_scales
     from .recipe import check_guidance
 
     if not loss or loss == NO_LOSS:
@@ -121,7 +121,8 @@ def app_guidance(loss: str, arg: str = "", scale: float | None = None, every: in
     if decoder not in DECODER_NAMES:
         raise BadInput(f"loss decoder must be one of {', '.join(DECODER_NAMES)}, got {decoder!r}")
     term = check_loss(LossTerm(f"{loss}={arg}" if arg else loss, scale))
-    return check_guidance(Guidance(losses=(term,), every=every, start=start, end=end, decoder=check_decoder(decoder)))
+    guidance = Guidance(losses=(term,), every=every, start=start, end=end, decoder=check_decoder(decoder))
+    return check_guidance(resolve_scales(guidance))  # no scale given: the loss's own default, recorded
 
 
 def form_recipes(model, form: GenerateForm, rng: random.Random | None = None) -> list[Recipe]:

@@ -76,10 +76,12 @@ def compare_experiment(model, catalog: Sequence[CatalogStyle], form: CompareForm
 
 
 def run_compare(model, exp, out: Path, on_cell: Callable[[Path], None] | None = None):
-    """Run it as `sd-styles run` does (resume included), one cell per batch so Stop acts between cells."""
+    """Run it exactly as `sd-styles run` does (same call batches, so the same pixels; resume included).
+
+    Stop acts when a call batch has been written (`on_cell` raises), not inside a batch."""
     from .runner import run_experiment
 
-    return run_experiment(exp, out=out, model=model, batch_size=1, progress=False, on_written=on_cell)
+    return run_experiment(exp, out=out, model=model, progress=False, on_written=on_cell)
 
 
 def zip_export(report, dest: Path) -> Path:

@@ -58,18 +58,26 @@ def form_from_recipe(recipe: Recipe, catalog: Sequence[CatalogStyle]) -> tuple[G
     return form, notes
 
 
+def _scheduler(samplers: dict, sampler: str, schedule: str | None, default: str) -> str:
+    """Our scheduler for A1111's sampler and schedule type (no schedule type: the sampler's only match)."""
+    if schedule is not None:
+        return samplers.get((sampler, schedule), default)
+    named = [ours for (name, _), ours in samplers.items() if name == sampler]
+    return named[0] if len(named) == 1 else default
+
+
 def form_from_parameters(text: str) -> GenerateForm:
     """Generate-tab values from A1111 infotext alone (an image made by another program)."""
     from .metadata import A1111_SAMPLERS, parse_a1111_parameters
 
     prompt, negative, f = parse_a1111_parameters(text)
-    samplers = {v: k for k, v in A1111_SAMPLERS.items()}
+    samplers = {v: k for k, v in A1111_SAMPLERS.items()}   # (Sampler, Schedule type) -> our scheduler
     form = GenerateForm(prompt=prompt, negative_prompt=negative)
     try:
         return replace(form, seed=int(f.get("Seed", -1)), steps=int(f.get("Steps", form.steps)),
                        cfg=float(f.get("CFG scale", form.cfg)), width=int(f.get("Size-1", form.width)),
                        height=int(f.get("Size-2", form.height)),
-                       scheduler=samplers.get(f.get("Sampler", ""), form.scheduler))
+                       scheduler=_scheduler(samplers, f.get("Sampler", ""), f.get("Schedule type"), form.scheduler))
     except ValueError:
         raise BadInput("the image's parameters have unreadable numbers") from None
 

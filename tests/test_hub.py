@@ -35,8 +35,8 @@ def test_an_existing_folder_is_never_a_hub_id(tmp_path, monkeypatch):
 
 
 def test_no_other_module_has_its_own_hub_id_rule():
-    # the three rules of old (models, losses, concept_sources) are gone: everything asks sd_styles.hub
-    for name in ("models.py", "losses.py", "concept_sources.py", "decoders.py", "refiner.py"):
+    # the three rules of old (models, losses -- now losses_clip --, concept_sources) are gone: everything asks sd_styles.hub
+    for name in ("models.py", "losses_clip.py", "concept_sources.py", "decoders.py", "refiner.py"):
         text = (ROOT / "sd_styles" / name).read_text(encoding="utf-8")
         assert "count(\"/\")" not in text and "_HUB_ID" not in text and "def is_hub_id" not in text
         assert "is_hub_id" in text or "hub." in text

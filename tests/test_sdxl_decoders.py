@@ -125,7 +125,7 @@ def test_tiny_is_taesdxl_on_sdxl_and_taesd_on_sd1(sdxl, tiny_model, taesdxl_dir,
         return AutoencoderTiny.from_pretrained(taesdxl_dir).to(device, dtype).eval()
 
     monkeypatch.setattr(decoders, "load_taesd", fake_load)
-    monkeypatch.setattr(decoders, "_offline_without_taesd", lambda: False)
+    monkeypatch.setattr(decoders.hub, "local_only", lambda: False)   # reach the (faked) load itself
     for model in (sdxl, tiny_model):
         model.decoders.pop(("tiny", False), None)
         make_decoder(model, "tiny", checkpoint=False)
