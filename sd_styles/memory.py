@@ -8,7 +8,8 @@ estimate counts activations only (the weights are already loaded) from the model
   working tensors of the largest level, for 2n samples per call with CFG (n cells per call);
 - final VAE decode (no grad): `VAE_LIVE` tensors of the decoder's largest activation, n images per call;
 - guided step (one cell per decoder call, whatever the batching): the activations the decoder keeps
-  for its backward (full VAE: ~6 per resnet layer; TAESD: 64 channels per conv; linear: none).
+  for its backward (full VAE: the measured per-pixel peak of `decoder_memory`, dtype and gradient
+  checkpointing as `decoders.make_decoder` runs it; TAESD: 64 channels per conv; linear: none).
 
 Available memory: `torch.cuda.mem_get_info` on CUDA, MemAvailable (psutil) on the CPU. The figures are
 estimates, not measurements: benchmarks/RESULTS.md compares them with measured peaks.
@@ -26,8 +27,6 @@ from .errors import BadInput
 GIB = 1024**3
 UNET_WORK = 12       # working tensors of the largest level beside the kept skips (GEGLU feed-forward: 8c)
 VAE_LIVE = 8         # live tensors of the VAE decoder's largest activation (resnet temps, upsampling)
-VAE_SAVED = 6        # tensors a decoder resnet layer keeps for the backward (norms, activations, convs)
-CHECKPOINT_SAVED = 0.6   # fraction kept with gradient checkpointing (decoders.make_decoder on accelerators)
 TAESD_CHANNELS = 64
 TAESD_SAVED = (8, 22, 22, 22)   # tensors kept per pixel at full, 1/2, 1/4 and 1/8 resolution (TAESD decoder)
 LOSS_WORK = 30       # image-sized fp32 tensors a loss and the clamp may hold (3 channels each)
@@ -89,13 +88,6 @@ def vae_decode_bytes(vae_config, h: int, w: int, images: int, dtype: torch.dtype
     return images * VAE_LIVE * largest * _bytes(dtype)
 
 
-def vae_backward_bytes(vae_config, h: int, w: int, dtype: torch.dtype, checkpoint: bool) -> int:
-    """Activations the full VAE decoder keeps for one image's backward (the guided loss)."""
-    kept = sum(c * px * (VAE_SAVED * layers if layers else 2) for c, px, layers in _vae_levels(vae_config, h, w))
-    total = kept * _bytes(dtype) * (CHECKPOINT_SAVED if checkpoint else 1.0)
-    return int(total) + vae_decode_bytes(vae_config, h, w, 1, dtype)
-
-
 def taesd_backward_bytes(height: int, width: int, dtype: torch.dtype) -> int:
     """Activations TAESD keeps for one image's backward."""
     return sum(TAESD_CHANNELS * k * (height >> s) * (width >> s) for s, k in enumerate(TAESD_SAVED)) * _bytes(dtype)
@@ -109,8 +101,9 @@ def guidance_bytes(model, decoder: str, width: int, height: int) -> int:
     if decoder == "linear":
         return LOSS_WORK * 3 * (width // f) * (height // f) * 4
     if decoder == "vae":
-        checkpoint = model.device.type != "cpu"   # as decoders.make_decoder decides it
-        return vae_backward_bytes(pipe.vae.config, height // f, width // f, pipe.vae.dtype, checkpoint) + loss
+        from .decoder_memory import vae_guidance_bytes   # measured (benchmarks/bench_sdxl_vae_memory.py)
+
+        return vae_guidance_bytes(model, width, height) + loss
     return taesd_backward_bytes(height, width, model.dtype) + loss
 
 

@@ -90,6 +90,7 @@ def render_cells(model, cells: Sequence[Cell], *, out_dir: str | Path | None = N
 
     from .memory import check_fits
     from .rendering import check_mode, plan_chunks, render_batch
+    from .truncation import check_prompt_length
 
     check_mode(mode)
     folder = Path(out_dir) if out_dir is not None else None
@@ -112,6 +113,11 @@ def render_cells(model, cells: Sequence[Cell], *, out_dir: str | Path | None = N
     mine = [chunk for k, chunk in enumerate(plan) if k % count == index and any(i not in results for i in chunk)]
     if mine:
         check_fits(model, recipes, batch_size, mode)
+    cut: dict[tuple, dict] = {}   # prompts longer than the text encoder reads: one warning each, before rendering
+    for i in (i for chunk in mine for i in chunk if i not in results):
+        key = (recipes[i].prompt, recipes[i].negative_prompt)
+        if key not in cut:
+            cut[key] = check_prompt_length(model, recipes[i]) or {}
     process = {"index": index, "count": count}
     total = sum(1 for chunk in mine for i in chunk if i not in results)
     with tqdm(total=total, desc="cells", unit="cell", disable=not progress or not total) as bar:
@@ -121,7 +127,7 @@ def render_cells(model, cells: Sequence[Cell], *, out_dir: str | Path | None = N
             for i, res in zip(chunk, rendered):
                 if i in results:
                     continue  # a finished cell re-rendered only to rebuild the call: thrown away
-                execution = {**res.execution, "process": process}
+                execution = {**res.execution, "process": process, **cut[(res.recipe.prompt, res.recipe.negative_prompt)]}
                 path = None
                 if folder is not None:  # saved right away: a kill loses at most the batch being rendered
                     path = save_png(res.image, folder / cells[i].filename, res.recipe, res.loss_history, execution)

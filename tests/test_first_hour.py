@@ -287,6 +287,21 @@ def test_long_prompt_warns_once_and_is_recorded(tiny_dir, tmp_path):
     assert read_document(path)["recipe"]["prompt"] == prompt           # the recipe keeps what was asked
 
 
+def test_run_warns_once_per_long_prompt_and_records_it(tmp_path, caplog):
+    from sd_styles.experiment import experiment
+    from sd_styles.runner import run_experiment
+
+    exp = experiment("a very long prompt " * 6 + "{style}", ["demo:random-1", "demo:random-2"], [1, 2],
+                     name="long", model="tiny", steps=1, width=64, height=64)
+    with caplog.at_level("WARNING", logger="sd_styles.truncation"):
+        report = run_experiment(exp, out=tmp_path, device="cpu", progress=False)
+    warned = [r for r in caplog.records if "text encoder reads" in r.getMessage()]
+    assert len(warned) == 2                                          # one per distinct prompt, not per write
+    for cell in report.results:
+        note = read_document(cell.path)["rendered_with"]["truncated"]["prompt"]
+        assert note["limit"] == 77 and note["tokens"] > 77
+
+
 def test_a_prompt_line_like_the_negative_prompt_is_flattened_for_a1111_readers(tmp_path):
     prompt = "a cat\nNegative prompt: is part of the prompt\nsecond line, Negative prompt: inline"
     recipe = Recipe(prompt=prompt, negative_prompt="blurry", model="tiny", width=64, height=64, steps=1)
