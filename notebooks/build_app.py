@@ -5,13 +5,13 @@ Stored without outputs so it stays reviewable in diffs; tests execute it with pa
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-REPO_URL = "https://github.com/YOUR-ORG/sd-styles"  # placeholder: the repository this notebook is published from
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # nbcells.py, the builders' shared part, sits beside this script
+from nbcells import INSTALL_NOTE, build_notebook, install_cell, write_notebook  # noqa: E402
+
 
 CELLS: list[tuple[str, str, list[str]]] = [  # (kind, source, tags)
     ("md", f"""# sd-styles in the browser
@@ -20,15 +20,10 @@ The Gradio app inside this notebook: **Generate** (styles from the catalog, seed
 live preview), **Compare styles** (the fixed-seed five-style grid of `sd-styles run`, plain and guided, with
 its blog export) and **PNG info** (read an image's recipe, send it to Generate, re-render it).
 
-[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({REPO_URL.replace("https://github.com", "https://colab.research.google.com/github")}/blob/main/notebooks/app.ipynb)
+{INSTALL_NOTE}
 In Colab pick a GPU runtime (Runtime → Change runtime type → T4). The app is shown inline and is not
 public: `SHARE = False` (Gradio would otherwise open a public gradio.live link in Colab).""", []),
-    ("code", f"""# Install: only in Colab. Elsewhere: pip install -e ".[app]" in a checkout.
-import sys
-
-IN_COLAB = "google.colab" in sys.modules
-if IN_COLAB:
-    %pip install -q "sd-styles[app] @ git+{REPO_URL}.git\"""", []),
+    ("code", install_cell("app.ipynb", "[app]"), []),
     ("md", """## Parameters
 `MODEL` is a hub id or a local diffusers folder (`"tiny"`: a random model for offline tests). `SHARE = True`
 opens a public link anyone can use: only for a demo you watch.""", []),
@@ -62,31 +57,13 @@ print(Image.open(png).info["parameters"])""", []),
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    """The notebook, outputs empty, with Colab's GPU hint in the metadata."""
-    cells = []
-    for i, (kind, source, tags) in enumerate(CELLS):
-        cell = new_markdown_cell(source) if kind == "md" else new_code_cell(source)
-        cell.id = f"cell-{i:02d}"  # stable ids: rebuilding gives the same file
-        if tags:
-            cell.metadata["tags"] = tags
-        cells.append(cell)
-    nb = new_notebook(cells=cells)
-    nb.metadata.update({
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-        "accelerator": "GPU",
-        "colab": {"provenance": [], "gpuType": "T4"},
-    })
-    return nb
+def build():
+    """The notebook, outputs empty."""
+    return build_notebook(CELLS)
 
 
 def main() -> Path:
-    path = HERE / "app.ipynb"
-    nb = build()
-    nbformat.validate(nb)
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(CELLS, HERE / "app.ipynb")
 
 
 if __name__ == "__main__":

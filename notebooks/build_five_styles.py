@@ -5,42 +5,27 @@ The notebook is generated so it stays reviewable in diffs and is always stored w
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # nbcells.py, the builders' shared part, sits beside this script
+from nbcells import INSTALL_NOTE, build_notebook, install_cell, write_notebook  # noqa: E402
+
 
 CELLS: list[tuple[str, str, list[str]]] = [  # (kind, source, tags)
-    ("md", """# Five styles, plain and loss-guided
+    ("md", f"""# Five styles, plain and loss-guided
 
 Render one prompt in five textual-inversion styles from the
 [sd-concepts-library](https://huggingface.co/sd-concepts-library), each with its own seed; render it again
 while a creative loss steers sampling; compare, export for a blog, and try other seeds.
 
-**Install.** Run the first code cell. Inside a checkout of this repository (Jupyter, VS Code, papermill)
-it installs the package from the checkout itself. **In Colab** there is no checkout: first clone the
-repository you got this notebook from (`!git clone <its URL>`, then `%cd <folder>/notebooks`), pick a GPU
-runtime (Runtime → Change runtime type → T4), then run the first cell.
+{INSTALL_NOTE}
 
 Images guided by a built-in loss carry their whole recipe: `sd-styles rerun IMAGE` re-creates them from the
 file alone. Cells guided by the loss *defined in this notebook* record only its name (`warm_vignette`), not its
 code, so they cannot be rerun from the file; re-run this notebook for them.""", []),
-    ("code", """# Install sd-styles from the checkout this notebook sits in (Colab: clone the repository first, see above).
-import importlib.util
-import sys
-from pathlib import Path
-
-IN_COLAB = "google.colab" in sys.modules
-CHECKOUT = next((p for p in (Path.cwd(), *Path.cwd().parents)
-                 if (p / "pyproject.toml").is_file() and (p / "sd_styles").is_dir()), None)
-if importlib.util.find_spec("sd_styles") is None or IN_COLAB:
-    if CHECKOUT is None:
-        raise RuntimeError("sd-styles is not installed and this notebook is not inside a checkout of it: "
-                           "clone the repository, open notebooks/five_styles.ipynb from the clone, run this cell")
-    %pip install -q -e {CHECKOUT}
-    sys.path.insert(0, str(CHECKOUT))  # importable now, without restarting the kernel""", []),
+    ("code", install_cell("five_styles.ipynb", ""), []),
     ("md", """## Parameters
 `MODEL` is a hub id or a local diffusers folder of an SD 1.x model (the concepts are 768-wide SD 1.x
 embeddings); `"tiny"` is the built-in random 32-wide model, offline and in seconds, with the five built-in
@@ -144,31 +129,13 @@ display(compare(plain2, guided2))""", []),
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    """The notebook, outputs empty, with Colab's GPU hint in the metadata."""
-    cells = []
-    for i, (kind, source, tags) in enumerate(CELLS):
-        cell = new_markdown_cell(source) if kind == "md" else new_code_cell(source)
-        cell.id = f"cell-{i:02d}"  # stable ids: rebuilding gives the same file
-        if tags:
-            cell.metadata["tags"] = tags
-        cells.append(cell)
-    nb = new_notebook(cells=cells)
-    nb.metadata.update({
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-        "accelerator": "GPU",
-        "colab": {"provenance": [], "gpuType": "T4"},
-    })
-    return nb
+def build():
+    """The notebook, outputs empty."""
+    return build_notebook(CELLS)
 
 
 def main() -> Path:
-    path = HERE / "five_styles.ipynb"
-    nb = build()
-    nbformat.validate(nb)
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(CELLS, HERE / "five_styles.ipynb")
 
 
 if __name__ == "__main__":

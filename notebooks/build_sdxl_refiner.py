@@ -5,13 +5,13 @@ The notebook is generated so it stays reviewable in diffs and is always stored w
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-REPO_URL = "https://github.com/YOUR-ORG/sd-styles"  # placeholder: the repository this notebook is published from
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # nbcells.py, the builders' shared part, sits beside this script
+from nbcells import INSTALL_NOTE, build_notebook, install_cell, write_notebook  # noqa: E402
+
 NOTEBOOK = "sdxl_refiner.ipynb"
 
 CELLS: list[tuple[str, str, list[str]]] = [  # (kind, source, tags)
@@ -22,15 +22,10 @@ SDXL is often run as an *ensemble of experts*: the base model denoises the first
 prompt and seeds both ways and shows them side by side. Every image is saved with its recipe
 (refiner and switch included): `sd-styles rerun IMAGE` re-creates it from the file alone.
 
-[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({REPO_URL.replace("https://github.com", "https://colab.research.google.com/github")}/blob/main/notebooks/{NOTEBOOK})
+{INSTALL_NOTE}
 In Colab pick a GPU runtime (Runtime → Change runtime type → T4); `MEMORY_SAVERS` below keeps SDXL within
 a 16 GB GPU.""", []),
-    ("code", f"""# Install: only in Colab. Elsewhere install the package yourself (`pip install -e .` in a checkout).
-import sys
-
-IN_COLAB = "google.colab" in sys.modules
-if IN_COLAB:
-    %pip install -q "sd-styles @ git+{REPO_URL}.git\"""", []),
+    ("code", install_cell("sdxl_refiner.ipynb", ""), []),
     ("md", """## Parameters
 `MODEL` and `REFINER` are hub ids or local diffusers folders of an SDXL base and refiner; `"tiny-sdxl"` and
 `"tiny-sdxl-refiner"` are random built-in models for offline tests (coloured noise, real plumbing).
@@ -94,31 +89,13 @@ for s, a, b in zip(SEEDS, base_alone, refined):
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    """The notebook, outputs empty, with Colab's GPU hint in the metadata."""
-    cells = []
-    for i, (kind, source, tags) in enumerate(CELLS):
-        cell = new_markdown_cell(source) if kind == "md" else new_code_cell(source)
-        cell.id = f"cell-{i:02d}"  # stable ids: rebuilding gives the same file
-        if tags:
-            cell.metadata["tags"] = tags
-        cells.append(cell)
-    nb = new_notebook(cells=cells)
-    nb.metadata.update({
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-        "accelerator": "GPU",
-        "colab": {"provenance": [], "gpuType": "T4"},
-    })
-    return nb
+def build():
+    """The notebook, outputs empty."""
+    return build_notebook(CELLS)
 
 
 def main() -> Path:
-    path = HERE / NOTEBOOK
-    nb = build()
-    nbformat.validate(nb)
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(CELLS, HERE / "sdxl_refiner.ipynb")
 
 
 if __name__ == "__main__":

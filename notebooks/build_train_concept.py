@@ -5,26 +5,22 @@ The notebook is generated so it stays reviewable in diffs and is always stored w
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-REPO_URL = "https://github.com/YOUR-ORG/sd-styles"  # placeholder: the repository this notebook is published from
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # nbcells.py, the builders' shared part, sits beside this script
+from nbcells import INSTALL_NOTE, build_notebook, install_cell, write_notebook  # noqa: E402
+
 
 CELLS: list[tuple[str, str, list[str]]] = [  # (kind, source, tags)
-    ("md", """# Train your own concept (textual inversion) and score it
+    ("md", f"""# Train your own concept (textual inversion) and score it
 
 Teach the model a style or an object from 3-5 pictures, look at the loss and the previews, generate
 with the new token next to its init word, and score the result with CLIP-I, CLIP-T and DINO.
-In Colab pick a GPU runtime (T4 or better): the default 3000 steps take tens of minutes on a GPU.""", []),
-    ("code", f"""# Install: only in Colab. Elsewhere install the package yourself (`pip install -e .` in a checkout).
-import sys
 
-IN_COLAB = "google.colab" in sys.modules
-if IN_COLAB:
-    %pip install -q "sd-styles @ git+{REPO_URL}.git\"""", []),
+{INSTALL_NOTE} The default 3000 steps take tens of minutes on a GPU.""", []),
+    ("code", install_cell("train_concept.ipynb", ""), []),
     ("md", """## Parameters
 `IMAGES` is a folder of 3-5 pictures (any size and format). `TOKEN` is the new placeholder and
 `INIT_WORD` a word close to the concept (one token). `PROPERTY` is `"object"` or `"style"`.
@@ -101,24 +97,14 @@ CLIP-I 0.780, CLIP-T 0.255; backbone, scaling and prompt set all move these numb
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    """The notebook, outputs empty, with Colab's GPU hint in the metadata."""
-    cells = []
-    for i, (kind, source, tags) in enumerate(CELLS):
-        cell = new_markdown_cell(source) if kind == "md" else new_code_cell(source)
-        cell.id = f"cell-{i:02d}"  # stable ids: rebuilding gives the same file
-        if tags:
-            cell.metadata["tags"] = tags
-        cells.append(cell)
-    nb = new_notebook(cells=cells)
-    nb.metadata.update({
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-        "accelerator": "GPU",
-        "colab": {"provenance": [], "gpuType": "T4"},
-    })
-    return nb
+def build():
+    """The notebook, outputs empty."""
+    return build_notebook(CELLS)
+
+
+def main() -> Path:
+    return write_notebook(CELLS, HERE / "train_concept.ipynb")
 
 
 if __name__ == "__main__":
-    nbformat.write(build(), HERE / "train_concept.ipynb")
+    print(main())
