@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
-import json
 from pathlib import Path
 
 import nbformat
@@ -15,13 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "five_styles.ipynb"
 KERNEL = "sd-styles"  # what .ci/run installs into the environment (--sys-prefix); python3 where it is absent
 REQUIRED = {"MODEL", "CONCEPTS", "SEEDS", "PROMPT", "STEPS", "WIDTH", "HEIGHT", "OUT_DIR", "LOSS", "LOSS_SCALE"}
-
-
-def load_builder():
-    spec = importlib.util.spec_from_file_location("build_five_styles", ROOT / "notebooks" / "build_five_styles.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def kernel_name() -> str:
@@ -45,14 +36,6 @@ def test_notebook_install_cell_is_real_and_intro_promises_no_rerun_of_notebook_l
     assert "pip install -q -e {CHECKOUT}" in install.source
     intro = nb.cells[0].source
     assert "cannot be rerun from the file" in intro and "In Colab" in intro
-
-
-def test_notebook_is_clean_and_matches_its_builder():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(nb)
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
-    assert json.loads(nbformat.writes(load_builder().build())) == json.loads(NOTEBOOK.read_text(encoding="utf-8")), \
-        "notebooks/five_styles.ipynb is stale: run python notebooks/build_five_styles.py"
 
 
 def test_parameters_cell_defines_what_papermill_sets():

