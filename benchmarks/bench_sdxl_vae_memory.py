@@ -43,17 +43,6 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def live_peak(prof) -> int:
-    """Largest running sum of the profiler's allocation (+) and free (-) events."""
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak
-
-
 def one_run(size: int, dtype: str, mode: str) -> dict:
     """Build the VAE, take one guidance gradient at size x size, return the measurements."""
     from diffusers import AutoencoderKL
@@ -61,6 +50,7 @@ def one_run(size: int, dtype: str, mode: str) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from sd_styles.decoders import vae_decoder
+    from sd_styles.memory import live_tensor_peak
 
     torch.manual_seed(0)
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(VAE_CONFIG)).to(DTYPES[dtype]).eval()
@@ -77,7 +67,7 @@ def one_run(size: int, dtype: str, mode: str) -> dict:
     seconds = time.perf_counter() - start
     assert torch.isfinite(grad).all()
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"size": size, "dtype": dtype, "mode": mode, "peak_bytes": live_peak(prof),
+    return {"size": size, "dtype": dtype, "mode": mode, "peak_bytes": live_tensor_peak(prof),
             "rss_bytes": max(0, peak_rss - before), "seconds": round(seconds, 2),
             "weights_bytes": sum(p.numel() * p.element_size() for p in vae.parameters())}
 

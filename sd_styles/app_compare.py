@@ -75,13 +75,15 @@ def compare_experiment(model, catalog: Sequence[CatalogStyle], form: CompareForm
     return parse_experiment(table, where="compare form")
 
 
-def run_compare(model, exp, out: Path, on_cell: Callable[[Path], None] | None = None):
+def run_compare(model, exp, out: Path, on_cell: Callable[[Path], None] | None = None,
+                callback: Callable[[dict], None] | None = None):
     """Run it exactly as `sd-styles run` does (same call batches, so the same pixels; resume included).
 
-    Stop acts when a call batch has been written (`on_cell` raises), not inside a batch."""
+    `callback` runs after every sampler step: Stop raises there, within a step; the cells of the call batch
+    in flight are not saved (a later Compare resumes and renders that batch whole)."""
     from .runner import run_experiment
 
-    return run_experiment(exp, out=out, model=model, progress=False, on_written=on_cell)
+    return run_experiment(exp, out=out, model=model, progress=False, on_written=on_cell, callback=callback)
 
 
 def zip_export(report, dest: Path) -> Path:

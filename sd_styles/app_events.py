@@ -159,17 +159,17 @@ class Handlers:
         total = len(exp.styles) * len(exp.kinds)
         written: list[Path] = []
 
-        def on_cell(path: Path, cb) -> None:
-            written.append(path)
+        def on_cell(path: Path) -> None:
+            if path.suffix == ".png" and path.parent == folder / exp.name and path.name != "grid.png":
+                written.append(path)
             self.on_written(path)
-            cb({"i": len(written) - 1, "x0": None})  # raises Stopped when Stop was pressed
 
         stop = self.switch.begin(session_of(request))
-        try:
-            for kind, value in stream(lambda cb: run_compare(self.model, exp, folder, lambda p: on_cell(p, cb)),
-                                      stop):
+        try:   # the step callback raises Stopped after the step in flight when Stop was pressed
+            for kind, value in stream(lambda cb: run_compare(self.model, exp, folder, on_cell, cb), stop):
                 if kind == "step":
-                    yield gr.skip(), gr.skip(), gr.skip(), f"{min(value.i + 1, total)} of {total} cells written"
+                    yield gr.skip(), gr.skip(), gr.skip(), \
+                        f"{len(written)} of {total} cells written (step {value.i + 1} of {exp.steps})"
                 elif kind == "stopped":
                     yield gr.skip(), gr.skip(), gr.skip(), "**Stopped**; Compare again resumes where it stopped."
                     return

@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch
 
 from .decoders import loss_decode_dtype
-from .errors import BadInput
 
 GIB = 1024**3
 HALF_RATIO = {False: 0.575, True: 0.593}  # bf16 peak / fp32 peak at 64x64, by gradient checkpointing (measured)
@@ -58,13 +57,3 @@ def vae_guidance_bytes(model, width: int, height: int, images: int = 1, checkpoi
     if checkpoint is None:
         checkpoint = model.device.type != "cpu"  # make_decoder's default
     return vae_backward_bytes(vae.config, width, height, loss_decode_dtype(vae), checkpoint, images)
-
-
-def check_vae_guidance_fits(model, width: int, height: int, available: int, images: int = 1) -> int:
-    """Refuse (BadInput) a full-VAE loss decode that cannot fit in `available` bytes; return the estimate."""
-    need = vae_guidance_bytes(model, width, height, images)
-    if need > available:
-        raise BadInput(f"--loss-decoder vae at {width}x{height} needs about {need / GIB:.1f} GiB for the VAE's "
-                       f"backward and {available / GIB:.1f} GiB is free; use --loss-decoder tiny (TAESD / TAESDXL) "
-                       "or linear, or a smaller --size")
-    return need

@@ -25,8 +25,12 @@ import torch
 from .errors import BadInput
 
 GIB = 1024**3
-UNET_WORK = 12       # working tensors of the largest level beside the kept skips (GEGLU feed-forward: 8c)
-VAE_LIVE = 8         # live tensors of the VAE decoder's largest activation (resnet temps, upsampling)
+# Calibrated against live-tensor peaks of SD 1.5-sized models at 512x512 on the CPU (benchmarks/bench_memory.py,
+# benchmarks/RESULTS.md "Memory: estimate vs measured"): a UNet call held 130 MiB per sample (20.6 working
+# tensors of the largest level beside the kept skips: the GEGLU feed-forward alone makes 8c + 4c + 4c), a
+# decode 2.9 of its largest activation per image (4 leaves room for convolution workspaces on a GPU).
+UNET_WORK = 21       # working tensors of the largest level beside the kept skips
+VAE_LIVE = 4         # live tensors of the VAE decoder's largest activation, per image
 TAESD_CHANNELS = 64
 TAESD_SAVED = (8, 22, 22, 22)   # tensors kept per pixel at full, 1/2, 1/4 and 1/8 resolution (TAESD decoder)
 LOSS_WORK = 30       # image-sized fp32 tensors a loss and the clamp may hold (3 channels each)
@@ -155,6 +159,18 @@ def check_fits(model, recipes: Sequence, batch_size: int = 8, mode: str = "stack
         raise BadInput(f"this render needs {e.describe()}, but only {free / GIB:.1f} GiB is available on "
                        f"{model.device.type}; use {', '.join(ways)}")
     return e
+
+
+def live_tensor_peak(prof) -> int:
+    """Measured peak of a `torch.profiler.profile(profile_memory=True)` run: the largest running sum of its
+    allocation (+) and free (-) events, i.e. live tensor bytes beyond what existed before (CPU or CUDA)."""
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
 
 
 estimate_memory = estimate   # the public name (sd_styles.estimate_memory)

@@ -23,6 +23,7 @@ from .export import OnWritten, export_run, manifest_entry, save_grid, write_mani
 from .fingerprint import differing_conditions, execution_fingerprint
 from .metadata import read_document, save_png
 from .recipe import Recipe
+from .sampling import StepCallback
 from .speed import optimize, speed_state
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,13 @@ def check_not_mixed(model, done: dict[int, CellResult], plan: list[list[int]], m
 
 def render_cells(model, cells: Sequence[Cell], *, out_dir: str | Path | None = None, batch_size: int = 8,
                  mode: str = "stacked", allow_mixed: bool = False, shard: tuple[int, int] = (0, 1),
-                 progress: bool = True, on_written: OnWritten | None = None) -> list[CellResult | None]:
+                 progress: bool = True, on_written: OnWritten | None = None,
+                 callback: StepCallback | None = None) -> list[CellResult | None]:
     """Render `cells` call batch by call batch; with `out_dir`, skip finished files and save each batch at once.
 
     `shard=(index, count)`: render only call batches k with k % count == index (the other places of the
-    returned list stay None for cells another process renders).
+    returned list stay None for cells another process renders). `callback` is called after every sampler
+    step (as in `render`); an exception it raises stops the run there, keeping every batch already saved.
     """
     from tqdm.auto import tqdm
 
@@ -122,7 +125,7 @@ def render_cells(model, cells: Sequence[Cell], *, out_dir: str | Path | None = N
     total = sum(1 for chunk in mine for i in chunk if i not in results)
     with tqdm(total=total, desc="cells", unit="cell", disable=not progress or not total) as bar:
         for chunk in mine:
-            rendered = render_batch(model, [recipes[i] for i in chunk], progress=progress, mode=mode,
+            rendered = render_batch(model, [recipes[i] for i in chunk], callback, progress=progress, mode=mode,
                                     desc=f"cells {', '.join(str(i + 1) for i in chunk)} of {len(cells)}")
             for i, res in zip(chunk, rendered):
                 if i in results:
@@ -166,7 +169,8 @@ def collect_finished(cells: Sequence[Cell], folder: Path) -> list[CellResult]:
 def run_experiment(exp: Experiment, *, out: str | Path = "outputs", model=None, device: str = "auto",
                    dtype: str = "auto", batch_size: int = 8, mode: str = "stacked", allow_mixed: bool = False,
                    compile: bool = False, channels_last: bool = False, progress: bool = True,
-                   export_format: str = "jpeg", on_written: OnWritten | None = None) -> RunReport:
+                   export_format: str = "jpeg", on_written: OnWritten | None = None,
+                   callback: StepCallback | None = None) -> RunReport:
     """Load (unless `model` is given), render every cell with resume, then grid, export and manifest.
 
     Under `accelerate launch` each process renders its share of the call batches on its own device;
@@ -205,7 +209,8 @@ def run_experiment(exp: Experiment, *, out: str | Path = "outputs", model=None, 
             clean_stale_temps(folder)
         state.wait_for_everyone()
     results = render_cells(model, cells, out_dir=folder, batch_size=batch_size, mode=mode, allow_mixed=allow_mixed,
-                           shard=(state.process_index, state.num_processes), progress=progress, on_written=emit)
+                           shard=(state.process_index, state.num_processes), progress=progress, on_written=emit,
+                           callback=callback)
     if state.num_processes > 1:
         state.wait_for_everyone()
         if not state.is_main_process:

@@ -11,15 +11,19 @@ runs one process otherwise); `--multi_gpu` starts them with torch.distributed.ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers import pixel_diff
 from PIL import Image
@@ -66,3 +70,56 @@ def test_two_processes_write_exactly_the_single_process_images(tiny_dir, tmp_pat
     assert set(by_process) == {0, 1} and sum(by_process.values()) == 10   # both did work: 4 call batches
     for e in manifest["cells"]:
         assert read_document(theirs / e["file"])["rendered_with"]["process"] == {"index": e["process"], "count": 2}
+
+
+def test_a_killed_two_process_run_resumes_to_the_single_process_images(tiny_dir, tmp_path):
+    # enough steps that a cell takes a good fraction of a second: the kill lands while work is left
+    toml = write_run(tmp_path, tiny_dir, n=5, guided=True)
+    toml.write_text(toml.read_text(encoding="utf-8").replace("steps = 2", "steps = 60"), encoding="utf-8")
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = ["run", str(toml), "--batch-size", "1", "--device", "cpu"]
+    reference = subprocess.run([sys.executable, "-m", "sd_styles", *run, "--out", str(single)],
+                               capture_output=True, text=True, env=env, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    def launch(**popen) -> subprocess.Popen:
+        return subprocess.Popen(
+            ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+             "-m", "sd_styles", *run, "--out", str(multi)], env=env, text=True, **popen)
+
+    # SIGKILL the launcher and both workers once the first cells are on disk. torchrun starts each worker in a
+    # session of its own, so a kill of the launcher's process group would leave them running: kill the tree.
+    first = launch(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = multi / "batch"
+    deadline = time.monotonic() + 600
+    while len(list(folder.glob("[!.]*.png"))) < 2 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert first.poll() is None, "the run ended before it could be killed"
+    launcher = psutil.Process(first.pid)
+    tree = [launcher, *launcher.children(recursive=True)]
+    workers = [p for p in tree if p.cmdline()[1:4] == ["-u", "-m", "sd_styles"]]
+    assert len(workers) == 2, [p.cmdline() for p in tree]   # both workers were found, so both are killed
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs(tree, timeout=60)
+    assert not alive
+    first.wait(timeout=60)
+    survived = {p.name: p.stat().st_mtime_ns for p in folder.glob("[!.]*.png")}   # not a killed writer's .tmp-*
+    assert 2 <= len(survived) < 10 and "grid.png" not in survived and not (folder / "manifest.json").exists()
+
+    second = launch(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-2000:]
+    names = sorted(p.name for p in (single / "batch").glob("*.png") if p.name != "grid.png")
+    assert sorted(p.name for p in folder.glob("*.png") if p.name != "grid.png") == names
+    for name in names:
+        assert pixel_diff(Image.open(single / "batch" / name), Image.open(folder / name)) == 0, name
+    # the finished cells were kept as they were; only the others were rendered (once each) and printed
+    assert {name: (folder / name).stat().st_mtime_ns for name in survived} == survived
+    printed = Counter(Path(line).name for line in out.splitlines() if line.endswith(".png"))
+    assert set(printed) == (set(names) - set(survived)) | {"grid.png"} and max(printed.values()) == 1
+    assert len(json.loads((folder / "manifest.json").read_text())["cells"]) == 10
+    assert not list(folder.glob(".tmp-*"))   # a killed writer's debris is cleaned before any process writes

@@ -73,6 +73,23 @@ decoder = "linear"
     assert {"grid.png", "blog/post.md", "blog/grid.jpg"} <= names and len(names) == len(manifest["export"]) + 1
 
 
+def test_compare_stop_acts_within_a_call_batch_and_compare_again_resumes(handlers, tmp_path):
+    embs = [tiny_embedding(tmp_path / f"stop{i}.bin", f"<stop-{i}>", seed=i) for i in (1, 2)]
+    request = types.SimpleNamespace(session_hash="cmp-stop")
+    args = ("a hat by {style}", [], "5, 6", 30, 7.5, 64, 64, "lms", "none", "", None, 1, "vae", [str(e) for e in embs])
+    statuses = []
+    for _grid, _cells, _zip, status in handlers.compare(*args, request=request):
+        statuses.append(status)
+        if "of 30)" in status:   # a step of the one call batch (both cells) was reported: press Stop
+            handlers.switch.stop("cmp-stop")
+    assert statuses[-1].startswith("**Stopped**")
+    assert all("0 of 2 cells written" in s for s in statuses[:-1])
+    folder = handlers.folder(request) / "compare" / "compare"
+    assert not [p for p in folder.glob("*.png")] and not (folder / "manifest.json").exists()
+    *_, (_grid, cells, _zip, status) = handlers.compare(*args, request=request)   # runs whole: the flag was cleared
+    assert status.startswith("Done: 2 cells") and len(cells) == 2
+
+
 def test_compare_form_errors(handlers):
     import gradio as gr
 

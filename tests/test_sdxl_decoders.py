@@ -171,20 +171,16 @@ def test_guidance_gradient_through_the_sdxl_vae_with_checkpointing_equals_withou
 
 def _measured_peak(vae, width: int, checkpoint: bool) -> int:
     """Live-tensor peak of one guidance gradient, measured as benchmarks/bench_sdxl_vae_memory.py does."""
-    import sys
-    from pathlib import Path
-
     from torch.profiler import ProfilerActivity, profile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from bench_sdxl_vae_memory import live_peak
+    from sd_styles.memory import live_tensor_peak
 
     decode = vae_decoder(vae, checkpoint=checkpoint)
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     latents = torch.randn(1, 4, width // f, width // f, generator=torch.Generator().manual_seed(0)).requires_grad_()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         torch.autograd.grad(decode(latents).mean(), latents)
-    return live_peak(prof)
+    return live_tensor_peak(prof)
 
 
 @pytest.mark.parametrize("checkpoint", [False, True])
@@ -214,13 +210,21 @@ def test_vae_backward_estimate_for_sdxl_reproduces_the_benchmark(shared_fixtures
         2 * vae_backward_bytes(config, 768, 1024, torch.bfloat16, True), abs=2)
 
 
-def test_full_vae_guidance_that_cannot_fit_is_refused_up_front(sdxl):
-    from sd_styles.decoder_memory import GIB, check_vae_guidance_fits, vae_guidance_bytes
+def test_full_vae_guidance_that_cannot_fit_is_refused_up_front(sdxl, monkeypatch):
+    from sd_styles import memory
+    from sd_styles.decoder_memory import GIB, vae_guidance_bytes
     from sd_styles.errors import BadInput
+    from sd_styles.recipe import Guidance, LossTerm
+    from sd_styles.rendering import make_recipe
 
     need = vae_guidance_bytes(sdxl, 1024, 1024)           # CPU: fp32, no checkpointing, as make_decoder runs it
-    assert need == check_vae_guidance_fits(sdxl, 1024, 1024, available=64 * GIB)
+    guided = [make_recipe(sdxl, "a", seed=0, steps=2, width=1024, height=1024,
+                          guidance=Guidance((LossTerm("blue", 200.0),), decoder="vae"))]
+    assert memory.estimate(sdxl, guided).guidance >= need  # the measured per-pixel peak (+ the loss's own work)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 64 * GIB)
+    assert memory.check_fits(sdxl, guided).peak < 64 * GIB
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2 * GIB)
     with pytest.raises(BadInput) as err:
-        check_vae_guidance_fits(sdxl, 1024, 1024, available=2 * GIB)
+        memory.check_fits(sdxl, guided)
     msg = str(err.value)
-    assert "\n" not in msg and "--loss-decoder tiny" in msg and f"{need / GIB:.1f} GiB" in msg
+    assert "\n" not in msg and "--loss-decoder tiny" in msg and "2.0 GiB is available on cpu" in msg

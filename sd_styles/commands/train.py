@@ -4,18 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_options, finite_float, positive_int, print_paths, seed_int
-
-
-def non_negative_int(text: str) -> int:
-    """0 or more (0 switches previews / periodic checkpoints off)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+from .common import add_model_options, finite_float, non_negative_int, positive_int, print_paths, seed_int
 
 
 def register(sub) -> None:
