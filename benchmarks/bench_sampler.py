@@ -3,13 +3,14 @@
     python benchmarks/bench_sampler.py                      # CPU: 128x128, 3 steps, cfg 7.5, lms, 2 rounds
     python benchmarks/bench_sampler.py --gpu                # CUDA: 512x512, fp16, 50 steps (it/s, % of peak)
     python benchmarks/bench_sampler.py --compile            # + torch.compile of the UNet (compile time, gain)
+    python benchmarks/bench_sampler.py --gpu --compile --repeats 0   # the compile measurement alone
 
 SD 1.5-sized UNet / VAE / text encoder with random weights from ../shared/fixtures/configs (see
 bench_guidance.py), TAESD random from configs/taesd for the guided grid. Cases, interleaved round by
 round (a busy machine slows all alike), median reported:
   diffusers, 1 cell / ours, 1 cell;
   diffusers, N cells in one pipeline call (its own batching) / ours stacked (default batch 8: calls of
-  8 + 2 for N = 10) / ours exact (one cell per call);
+  8 + 2 for N = 10) / ours stacked in one call of N (diffusers' call shape) / ours exact (one cell per call);
   grid: N/2 styles plain + guided with the tiny decoder every step (stacked; the loss decode is per cell).
 Peak memory per case: RSS above the pre-call level, polled every 5 ms (CPU), or
 torch.cuda.max_memory_allocated (GPU). A CFG UNet step of SD 1.5 at 64x64 latents is 1.61 TFLOP per
@@ -88,13 +89,14 @@ def cases(model, args, taesd: Path) -> dict:
         return [make_recipe(model, PROMPT, seed=s, steps=args.steps, cfg=args.cfg, width=args.size,
                             height=args.size, scheduler=args.scheduler, guidance=guidance) for s in seeds]
 
-    def ours(rs, mode="stacked"):
-        return lambda: render(model, rs, mode=mode, progress=False)
+    def ours(rs, mode="stacked", batch_size=8):
+        return lambda: render(model, rs, mode=mode, batch_size=batch_size, progress=False)
 
     grid = recipes(range(n // 2)) + recipes(range(n // 2), Guidance((LossTerm("blue", 200.0),), decoder=str(taesd)))
     return {
         "diffusers, 1 cell": (diffusers([0]), 1), "ours, 1 cell": (ours(recipes([0])), 1),
         f"diffusers, {n} cells": (diffusers(range(n)), n), f"ours stacked, {n} cells": (ours(recipes(range(n))), n),
+        f"ours stacked, {n} cells, 1 call": (ours(recipes(range(n)), batch_size=n), n),   # diffusers' shape
         f"ours exact, {n} cells": (ours(recipes(range(n)), "exact"), n),
         f"grid {n // 2} plain + {n // 2} guided tiny": (ours(grid), n),
     }
@@ -123,12 +125,16 @@ def report(args, med: dict, peaks: dict, rounds: int) -> None:
             tflops = UNET_CFG_TFLOP * args.steps * cells / t
             extra = f"  {args.steps * cells / t:6.1f} cell-it/s  {tflops:6.1f} TFLOP/s ({tflops / args.peak_tflops:.0%})"
         print(f"  {label:34s} {t:8.2f}s  peak {peaks[label] / 2**20:8.0f} MiB{extra}")
-    ratio = lambda a, b: f"{med[a] / med[b]:.3f}"  # noqa: E731
-    print(f"ours / diffusers, 1 cell:                {ratio('ours, 1 cell', 'diffusers, 1 cell')}  (target <= 1.00)")
-    print(f"ours stacked / diffusers, {n} cells:      "
-          f"{ratio(f'ours stacked, {n} cells', f'diffusers, {n} cells')}  (target <= 1.00)")
-    print(f"exact (per cell) / stacked, {n} cells:    {ratio(f'ours exact, {n} cells', f'ours stacked, {n} cells')}")
-    print(f"exact (per cell) / diffusers, {n} cells:  {ratio(f'ours exact, {n} cells', f'diffusers, {n} cells')}")
+    ratios = [("ours / diffusers, 1 cell", "ours, 1 cell", "diffusers, 1 cell", " (target <= 1.00)"),
+              (f"ours stacked / diffusers, {n} cells", f"ours stacked, {n} cells", f"diffusers, {n} cells",
+               " (target <= 1.00)"),
+              (f"ours in 1 call / diffusers, {n} cells", f"ours stacked, {n} cells, 1 call", f"diffusers, {n} cells",
+               ""),
+              (f"exact (per cell) / stacked, {n} cells", f"ours exact, {n} cells", f"ours stacked, {n} cells", ""),
+              (f"exact (per cell) / diffusers, {n} cells", f"ours exact, {n} cells", f"diffusers, {n} cells", "")]
+    for text, a, b, target in ratios:
+        if a in med and b in med:   # --cases may leave one out
+            print(f"{text + ':':42s} {med[a] / med[b]:.3f}{target}")
 
 
 def bench_compile(model, args) -> None:
@@ -146,26 +152,13 @@ def bench_compile(model, args) -> None:
           f"compiled {steady:.2f}s: gain {eager / steady:.3f}x")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--gpu", action="store_true", help="CUDA, fp16, 512x512, 50 steps")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--size", type=int)
-    p.add_argument("--cfg", type=float, default=7.5)
-    p.add_argument("--cells", type=int, default=10)
-    p.add_argument("--scheduler", default="lms")
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--peak-tflops", type=float, default=989.0)
-    p.add_argument("--compile", action="store_true")
-    args = p.parse_args()
-    args.device, args.dtype = ("cuda", "fp16") if args.gpu else ("cpu", "fp32")
-    args.steps = args.steps or (50 if args.gpu else 3)
-    args.size = args.size or (512 if args.gpu else 128)
-    model = build_model(CONFIGS, args.device, torch.float16 if args.gpu else torch.float32)
+def bench_cases(model, args) -> None:
+    """Every case once untimed (kernels, allocator, TAESD load), then `--repeats` interleaved rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         taesd = save_random_taesd(CONFIGS, Path(tmp) / "taesd")
-        runs = cases(model, args, taesd)
-        for fn, _ in runs.values():  # warm-up: kernels, allocator, TAESD load
+        runs = {k: v for k, v in cases(model, args, taesd).items()
+                if not args.cases or any(part in k for part in args.cases)}
+        for fn, _ in runs.values():
             fn()
         times: dict[str, list[float]] = {k: [] for k in runs}
         peaks: dict[str, int] = {k: 0 for k in runs}
@@ -176,6 +169,27 @@ def main() -> None:
                 peaks[label] = max(peaks[label], peak)
                 print(f"# round {r + 1}: {label:34s} {wall:8.2f}s", file=sys.stderr, flush=True)
     report(args, {k: statistics.median(v) for k, v in times.items()}, peaks, args.repeats)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gpu", action="store_true", help="CUDA, fp16, 512x512, 50 steps")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--size", type=int)
+    p.add_argument("--cfg", type=float, default=7.5)
+    p.add_argument("--cells", type=int, default=10)
+    p.add_argument("--scheduler", default="lms")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved rounds (0: skip the cases, e.g. with --compile)")
+    p.add_argument("--peak-tflops", type=float, default=989.0)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--cases", nargs="+", metavar="TEXT", help="only the cases whose label contains one of these")
+    args = p.parse_args()
+    args.device, args.dtype = ("cuda", "fp16") if args.gpu else ("cpu", "fp32")
+    args.steps = args.steps or (50 if args.gpu else 3)
+    args.size = args.size or (512 if args.gpu else 128)
+    model = build_model(CONFIGS, args.device, torch.float16 if args.gpu else torch.float32)
+    if args.repeats > 0:   # 0: only the compile measurement
+        bench_cases(model, args)
     if args.compile:
         bench_compile(model, args)
 

@@ -135,7 +135,7 @@ def _compare_tab(gr, model, h) -> None:
     d = _compare_defaults(h.catalog)
     width, height = model.native_size
     gr.Markdown("Every style with its own seed, plain and (with a loss) guided with the same seed: what "
-                "`sd-styles run` makes. Stop acts after the cell in flight; Compare again resumes.")
+                "`sd-styles run` makes. Stop acts within the step in flight; Compare again resumes.")
     with gr.Row():
         prompt = gr.Textbox(d["prompt"], label="Prompt ({style} becomes each style's token)", scale=3)
         run = gr.Button("Compare", variant="primary", scale=1, elem_id="compare-btn")

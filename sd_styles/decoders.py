@@ -23,6 +23,7 @@ from . import hub
 from .errors import BadInput, one_line
 from .hub import TAESD_FIX, TAESD_REPOS  # the hub ids live with the other hub facts
 from .sampling import unscale_latents  # the final decode's unscaling (latents_mean/std or scaling_factor)
+from .speed import compiles_loss_decode
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -177,14 +178,19 @@ def make_decoder(model, name: str, checkpoint: bool | None = None) -> Decoder:
 
     `checkpoint=None`: gradient checkpointing of the VAE on accelerators (memory-bound: the fp16
     VAE backward at 512x512 must fit a 16 GB GPU next to the UNet), off on the CPU (time-bound).
+    When `speed.optimize(model, compile=True)` compiled the UNet on an accelerator, the loss decode (VAE or
+    TAESD, forward and backward) is compiled too (`speed.compiles_loss_decode`); the linear map is a single
+    einsum and stays as it is.
     """
     check_decoder(name)
     if checkpoint is None:
         checkpoint = model.device.type != "cpu"
+    compiled = compiles_loss_decode(model)
     cache = model.decoders   # per model: TAESD downloads / loads once, dies with the model
-    key = (name, checkpoint)
+    key = (name, checkpoint, compiled)
     if key not in cache:
-        cache[key] = _build(model, name, checkpoint)
+        decode = _build(model, name, checkpoint)
+        cache[key] = torch.compile(decode) if compiled and name != "linear" else decode
     return cache[key]
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -205,3 +207,45 @@ def test_attention_is_sdpa_and_channels_last_is_opt_in_and_recorded(tiny_dir):
     [after] = render(model, [recipe], progress=False)
     assert after.execution["fingerprint"]["channels_last"] is True
     assert pixel_diff(after.image, before.image) <= 1   # other kernels, same picture (measured here)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile on a CPU needs a C++ "
+                    "compiler (g++ or $CXX) for inductor's kernels")
+def test_compile_covers_the_unet_and_on_accelerators_the_loss_decode_and_is_recorded(tiny_dir, caplog):
+    """`optimize(compile=True)`: the UNet runs compiled, same picture; the loss decode is compiled off the CPU."""
+    import types
+
+    from diffusers.utils.torch_utils import is_compiled_module
+
+    from sd_styles.decoders import make_decoder
+    from sd_styles.models import load_model
+    from sd_styles.speed import optimize
+
+    model = load_model(str(tiny_dir), device="cpu", dtype="fp32")   # its own copy: optimize() changes it
+    guided = Guidance(losses=(LossTerm("blue", 3000.0),), decoder="vae")
+    recipes = [make_recipe(model, "a kite", seed=3, steps=2), make_recipe(model, "a kite", seed=3, steps=2,
+                                                                          guidance=guided)]
+    eager = render(model, recipes, progress=False)
+    eager_decode = make_decoder(model, "vae")
+    with caplog.at_level("WARNING", logger="sd_styles.speed"):
+        assert optimize(model, compile=True) == {"channels_last": False, "compiled": True}
+    assert is_compiled_module(model.pipe.unet)
+    assert "slower than eager" in caplog.text   # measured so on the CPU: the user is told
+    compiled = render(model, recipes, progress=False)
+    for before, after in zip(eager, compiled):
+        assert before.execution["fingerprint"]["compiled"] is False
+        assert after.execution["fingerprint"]["compiled"] is True
+        assert pixel_diff(after.image, before.image) <= 2   # other kernels, same picture
+    assert compiled[1].loss_history == pytest.approx(eager[1].loss_history, rel=1e-3)
+    assert pixel_diff(compiled[1].image, compiled[0].image) > 0   # guidance still steers
+    assert make_decoder(model, "vae") is eager_decode   # on the CPU the loss decode stays eager (measured slower)
+
+    # on an accelerator the same model's loss decode is compiled: a stand-in whose device says so, run here
+    accel = types.SimpleNamespace(pipe=model.pipe, device=torch.device("cuda"), decoders={})
+    decode = make_decoder(accel, "vae", checkpoint=False)
+    assert list(accel.decoders) == [("vae", False, True)]   # built compiled, cached under that state
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    (grad,) = torch.autograd.grad(decode(z)[:, 2].mean(), z)
+    (eager_grad,) = torch.autograd.grad(eager_decode(z)[:, 2].mean(), z)
+    torch.testing.assert_close(decode(z), eager_decode(z), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad, eager_grad, rtol=1e-3, atol=1e-6)

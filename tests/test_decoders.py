@@ -85,7 +85,7 @@ def test_local_taesd_folder_decoder_is_loaded_once_per_model(tiny_model, taesd_d
     results = render(tiny_model, recipes, batch_size=1, progress=False)   # two batches, three guided steps each
     assert len(calls) == 1
     assert all(len(r.loss_history) == 3 for r in results)
-    assert list(tiny_model.decoders) == [(str(taesd_dir), False)]   # kept on the model, keyed by (name, checkpoint)
+    assert list(tiny_model.decoders) == [(str(taesd_dir), False, False)]   # on the model: (name, checkpoint, compiled)
     assert make_decoder(tiny_model, str(taesd_dir)) is make_decoder(tiny_model, str(taesd_dir))
     assert len(calls) == 1
     tiny_model.decoders.clear()
@@ -173,7 +173,7 @@ def test_gradient_checkpointing_keeps_values_and_gradients_and_saves_memory(tiny
 def test_checkpointing_is_on_for_accelerators_only(tiny_model):
     tiny_model.decoders.clear()
     make_decoder(tiny_model, "vae")
-    assert list(tiny_model.decoders) == [("vae", False)]
+    assert list(tiny_model.decoders) == [("vae", False, False)]
     assert not tiny_model.pipe.vae.decoder.gradient_checkpointing   # CPU: time matters more than memory
 
 

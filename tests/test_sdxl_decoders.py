@@ -127,9 +127,9 @@ def test_tiny_is_taesdxl_on_sdxl_and_taesd_on_sd1(sdxl, tiny_model, taesdxl_dir,
     monkeypatch.setattr(decoders, "load_taesd", fake_load)
     monkeypatch.setattr(decoders.hub, "local_only", lambda: False)   # reach the (faked) load itself
     for model in (sdxl, tiny_model):
-        model.decoders.pop(("tiny", False), None)
+        model.decoders.pop(("tiny", False, False), None)
         make_decoder(model, "tiny", checkpoint=False)
-        model.decoders.pop(("tiny", False), None)
+        model.decoders.pop(("tiny", False, False), None)
     assert asked == ["madebyollin/taesdxl", "madebyollin/taesd"]
 
 
