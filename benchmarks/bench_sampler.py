@@ -4,6 +4,7 @@
     python benchmarks/bench_sampler.py --gpu                # CUDA: 512x512, fp16, 50 steps (it/s, % of peak)
     python benchmarks/bench_sampler.py --compile            # + torch.compile of the UNet (compile time, gain)
     python benchmarks/bench_sampler.py --gpu --compile --repeats 0   # the compile measurement alone
+    python benchmarks/bench_sampler.py --components --repeats 0      # what one call costs, by part
 
 SD 1.5-sized UNet / VAE / text encoder with random weights from ../shared/fixtures/configs (see
 bench_guidance.py), TAESD random from configs/taesd for the guided grid. Cases, interleaved round by
@@ -152,6 +153,46 @@ def bench_compile(model, args) -> None:
           f"compiled {steady:.2f}s: gain {eager / steady:.3f}x")
 
 
+def bench_components(model, args) -> None:
+    """A call's parts: UNet step (CFG) at 1, 2 and N cells; the final decode of N in one call or one by one; text."""
+    from sd_styles.conditioning import encode_conditioning
+    from sd_styles.sampling import decode
+
+    pipe, n, f, dev = model.pipe, args.cells, model.pipe.vae_scale_factor, model.device
+    h = args.size // f
+
+    def best(fn) -> float:   # min of 3 after a warm-up
+        fn()
+        return min(timed(fn, dev)[0] for _ in range(3))
+
+    def text(batched: bool):
+        if batched:   # what diffusers does for a list of N prompts: N negatives and N prompts in one call each
+            ids = pipe.tokenizer([PROMPT] * n, padding="max_length", max_length=77, return_tensors="pt").input_ids
+            return lambda: [pipe.text_encoder(ids.to(dev)) for _ in range(2)]
+        return lambda: encode_conditioning(model, [PROMPT] * n, [""] * n, True, args.size, args.size)
+
+    with torch.no_grad():
+        for cells in sorted({1, 2, n}):
+            x = torch.randn(2 * cells, 4, h, h, device=dev, dtype=model.dtype)
+            e = torch.randn(2 * cells, 77, pipe.unet.config.cross_attention_dim, device=dev, dtype=model.dtype)
+            t = best(lambda: pipe.unet(x, 999, encoder_hidden_states=e))
+            print(f"UNet step (CFG), {cells:2d} cell(s) per call: {t:7.3f}s  ({t / cells:.3f}s per cell)")
+        z = torch.randn(n, 4, h, h, device=dev, dtype=pipe.vae.dtype)
+        ways = {"in one call": lambda: decode(pipe.vae, z), "one per call": lambda: decode(pipe.vae, z, chunk=1)}
+        rounds: dict[str, list[float]] = {k: [] for k in ways}
+        for fn in ways.values():
+            fn()
+        for _ in range(5):   # interleaved: a busy moment slows both alike
+            for k, fn in ways.items():
+                rounds[k].append(timed(fn, dev)[0])
+        med = {k: statistics.median(v) for k, v in rounds.items()}
+        print(f"final decode of {n} images (median of 5): in one call {med['in one call']:.3f}s, one per call "
+              f"{med['one per call']:.3f}s ({med['one per call'] / med['in one call']:.3f}x)")
+        batched, distinct = best(text(True)), best(text(False))
+        print(f"text, {n} cells of one prompt + CFG: 2 calls of {n} texts {batched:.3f}s; "
+              f"each distinct text once, alone {distinct:.3f}s")
+
+
 def bench_cases(model, args) -> None:
     """Every case once untimed (kernels, allocator, TAESD load), then `--repeats` interleaved rounds."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,6 +223,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds (0: skip the cases, e.g. with --compile)")
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--components", action="store_true", help="time a call's parts (UNet step, decode, text)")
     p.add_argument("--cases", nargs="+", metavar="TEXT", help="only the cases whose label contains one of these")
     args = p.parse_args()
     args.device, args.dtype = ("cuda", "fp16") if args.gpu else ("cpu", "fp32")
@@ -190,6 +232,8 @@ def main() -> None:
     model = build_model(CONFIGS, args.device, torch.float16 if args.gpu else torch.float32)
     if args.repeats > 0:   # 0: only the compile measurement
         bench_cases(model, args)
+    if args.components:
+        bench_components(model, args)
     if args.compile:
         bench_compile(model, args)
 

@@ -35,7 +35,7 @@ step() {   # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT
 "cudnn", torch.backends.cudnn.version(), "diffusers", diffusers.__version__, "transformers", transformers.__version__)'
 } 2>&1 | tee "$OUT/env.txt"
 step call_shape 50 python3 bench_call_shape.py "${call_shape[@]}"
-step sampler 150 python3 bench_sampler.py "${gpu[@]}" "${size[@]}" --repeats 2
+step sampler 150 python3 bench_sampler.py "${gpu[@]}" "${size[@]}" --repeats 2 --components
 step guidance 80 python3 bench_guidance.py "${guidance[@]}" --repeats 2
 step memory 90 python3 bench_memory.py "${gpu[@]}" "${mem[@]}"
 # compiling the SD 1.5 UNet takes minutes on this project's 2-core CPU: not part of a smoke run

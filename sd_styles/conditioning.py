@@ -13,17 +13,21 @@ L368-L429 and L731-L745; pipeline_stable_diffusion_xl_img2img.py L845-L889):
 - micro-conditioning time ids: (h, w, 0, 0, h, w) for the base; (h, w, 0, 0, 6.0) and negative
   (h, w, 0, 0, 2.5) when the model `requires_aesthetics_score` (the refiner);
 - classifier-free guidance stacks negatives first: [negatives; prompts].
+
+Every distinct text is encoded once, alone (a batch of one), and its rows are repeated for the cells
+that share it. Alone, a text's embedding depends on nothing but the text (never on which cells share
+the call, nor where), and a grid of one prompt costs two encoder calls, not 2n: diffusers encodes a
+single cell's prompt and negative alone too, and repeats one encoding for `num_images_per_prompt`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from .errors import BadInput
-from .sampling import encode_prompts
 
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5   # diffusers' defaults (img2img L1011-1012)
 
@@ -51,9 +55,33 @@ def encode_conditioning(model, prompts: Sequence[str], negatives: Sequence[str |
     return _ENCODERS[model.family](model.pipe, list(prompts), list(negatives), do_cfg, model.device, width, height)
 
 
+def each_distinct(texts: Sequence[str], encode: Callable[[str], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """`encode(text)` (tensors of one row each) once per distinct text, the rows gathered back in `texts` order."""
+    encoded = {text: encode(text) for text in dict.fromkeys(texts)}
+    return tuple(torch.cat(rows) for rows in zip(*(encoded[text] for text in texts)))
+
+
+def _tokens(pipe, tokenizer, text: str):
+    """One text's (1, 77) input_ids and attention_mask, multi-vector concepts expanded ("<t>" -> "<t> <t>_1 ...")."""
+    converted = pipe.maybe_convert_prompt([text], tokenizer)
+    return tokenizer(converted, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt")
+
+
 def _encode_sd1(pipe, prompts, negatives, do_cfg, device, width, height) -> Conditioning:
-    """SD 1.x / 2.x: no negative and an empty negative are the same text ""."""
-    return Conditioning(encode_prompts(pipe, prompts, [n or "" for n in negatives], do_cfg, device))
+    """SD 1.x / 2.x: the text encoder's last hidden state; no negative and an empty negative are both ""."""
+    te = pipe.text_encoder
+    use_mask = getattr(te.config, "use_attention_mask", False)
+
+    def encode(text: str) -> tuple[torch.Tensor]:
+        tokens = _tokens(pipe, pipe.tokenizer, text)
+        mask = tokens.attention_mask.to(device) if use_mask else None
+        with torch.no_grad():
+            return (te(tokens.input_ids.to(device), attention_mask=mask)[0],)   # (1, 77, d)
+
+    texts = ([n or "" for n in negatives] + list(prompts)) if do_cfg else list(prompts)
+    (embeds,) = each_distinct(texts, encode)
+    return Conditioning(embeds.to(dtype=te.dtype, device=device))
 
 
 def _text_encoders(pipe) -> list[tuple]:
@@ -64,17 +92,18 @@ def _text_encoders(pipe) -> list[tuple]:
 
 def _encode_texts(pipe, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     """(token embeddings (n, 77, d1 + d2), pooled (n, p)) of `texts` through every encoder."""
-    hidden, pooled = [], None
-    for tokenizer, encoder in _text_encoders(pipe):
-        converted = pipe.maybe_convert_prompt(texts, tokenizer)  # multi-vector concepts, per tokenizer
-        ids = tokenizer(converted, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        with torch.no_grad():
-            out = encoder(ids.to(device), output_hidden_states=True)
-        if pooled is None and out[0].ndim == 2:  # text_encoder_2's projected text_embeds (diffusers' test)
-            pooled = out[0]
-        hidden.append(out.hidden_states[-2])
-    return torch.cat(hidden, dim=-1), pooled
+
+    def encode(text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, pooled = [], None
+        for tokenizer, encoder in _text_encoders(pipe):
+            with torch.no_grad():
+                out = encoder(_tokens(pipe, tokenizer, text).input_ids.to(device), output_hidden_states=True)
+            if pooled is None and out[0].ndim == 2:  # text_encoder_2's projected text_embeds (diffusers' test)
+                pooled = out[0]
+            hidden.append(out.hidden_states[-2])
+        return torch.cat(hidden, dim=-1), pooled
+
+    return each_distinct(texts, encode)
 
 
 def _time_ids(pipe, width: int, height: int, negative: bool) -> tuple[float, ...]:

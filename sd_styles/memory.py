@@ -6,7 +6,7 @@ estimate counts activations only (the weights are already loaded) from the model
 
 - UNet call (no grad): the skip connections every down block keeps for the up blocks, plus a few
   working tensors of the largest level, for 2n samples per call with CFG (n cells per call);
-- final VAE decode (no grad): `VAE_LIVE` tensors of the decoder's largest activation, n images per call;
+- final VAE decode (no grad): `VAE_LIVE` tensors of the decoder's largest activation, one image per call;
 - guided step (one cell per decoder call, whatever the batching): the activations the decoder keeps
   for its backward (full VAE: the measured per-pixel peak of `decoder_memory`, dtype and gradient
   checkpointing as `decoders.make_decoder` runs it; TAESD: 64 channels per conv; linear: none).
@@ -41,7 +41,7 @@ class Estimate:
     """Peak activation bytes of the heaviest call of a render, by phase."""
 
     unet: int                      # one UNet call of a chunk (CFG doubles the samples)
-    vae: int                       # the final decode of a chunk
+    vae: int                       # the final decode (one image per call)
     guidance: int                  # one cell's loss decode with its backward (0 when not guided)
     width: int
     height: int
@@ -126,7 +126,7 @@ def estimate(model, recipes: Sequence, batch_size: int = 8, mode: str = "stacked
         cfg = 2 if r.cfg > 1 and pipe.unet.config.time_cond_proj_dim is None else 1
         guided = guidance_bytes(model, r.guidance.decoder, r.width, r.height) if r.guided else 0
         e = Estimate(unet_bytes(pipe.unet.config, h, w, cfg * n, model.dtype),
-                     vae_decode_bytes(pipe.vae.config, h, w, n, pipe.vae.dtype), guided, r.width, r.height, n)
+                     vae_decode_bytes(pipe.vae.config, h, w, 1, pipe.vae.dtype), guided, r.width, r.height, n)
         if worst is None or e.peak > worst.peak:
             worst = e
     if worst is None:

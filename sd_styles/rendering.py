@@ -155,7 +155,7 @@ def render_batch(model: StyleModel, cells: list[Recipe], callback: StepCallback 
                                           dtype, model.device)
             latents = sample(denoise, phase.scheduler, latents, generators, callback=callback, desc=desc,
                              progress=progress, begin=phase.begin, end=phase.end, begin_index=phase.begin_index)
-        images = decode(phases[-1].model.pipe.vae, latents, chunk=n)  # (B, 3, H, W), the UNet's call shape
+        images = decode(phases[-1].model.pipe.vae, latents, chunk=1)  # (B, 3, H, W); why one per call: decode()
     fingerprint = execution_fingerprint(model.device, model.dtype, n, mode, speed_state(model))
     histories = loss_histories(history, len(cells))
     return [Result(img, cell, hist, {"fingerprint": fingerprint, "call_shape": {"size": n, "position": k % n}})

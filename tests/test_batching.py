@@ -20,6 +20,7 @@ from helpers import pixel_diff
 from PIL import Image
 
 from sd_styles.cli import main
+from sd_styles.conditioning import encode_conditioning
 from sd_styles.errors import BadInput
 from sd_styles.guidance import loss_histories
 from sd_styles.metadata import read_document, read_recipe, save_png
@@ -81,6 +82,52 @@ def test_rerun_names_the_conditions_an_edited_fingerprint_differs_in(tiny_model,
     save_png(worse, path, read_recipe(path), doc["loss_history"], execution)
     _code, _out, err = cli("rerun", str(path), "--out", str(tmp_path / "again"))
     assert err.strip().splitlines()[-1].startswith("differs by at most 3/255 (mean ")
+
+
+class CallShapes:
+    """The first-argument shapes a module is called with (a forward pre-hook), while the block runs."""
+
+    def __init__(self, *modules):
+        self.modules, self.shapes = modules, []
+
+    def __enter__(self):
+        self.hooks = [m.register_forward_pre_hook(lambda _m, args, kw: self.shapes.append(
+            tuple((args[0] if args else next(iter(kw.values()))).shape)), with_kwargs=True) for m in self.modules]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_each_distinct_text_is_encoded_once_alone(tiny_model, tiny_sdxl_model, family):
+    """2 prompts x 2 seeds + the empty negative: 3 encoder calls of one text each, not 8 (or 2 of 4)."""
+    model = tiny_model if family == "sd1" else tiny_sdxl_model
+    recipes = [make_recipe(model, p, seed=s, steps=2, negative_prompt="", refiner=None)
+               for p in ("a cat", "a dog") for s in (1, 2)]
+    pipe = model.pipe
+    encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+    with CallShapes(*encoders) as calls:
+        results = render(model, recipes, progress=False)
+    assert calls.shapes == [(1, 77)] * 3 * len(encoders)
+    assert results[0].execution["call_shape"] == {"size": 4, "position": 0}
+    # a text's rows do not depend on the texts beside it, nor on its place: bit for bit
+    mixed = encode_conditioning(model, ["zz top", "a cat", "a dog"], ["", None, "a cat"], True, 64, 64)
+    alone = encode_conditioning(model, ["a cat"], [""], True, 64, 64)
+    # rows [negatives; prompts] = ["", "" or zeros, "a cat", "zz top", "a cat", "a dog"]
+    assert torch.equal(mixed.embeds[4], alone.embeds[1]) and torch.equal(mixed.embeds[2], alone.embeds[1])
+    if family == "sdxl":
+        pooled = mixed.added["text_embeds"]
+        assert torch.equal(pooled[4], alone.added["text_embeds"][1]) and torch.equal(pooled[2], pooled[4])
+
+
+def test_the_final_decode_is_one_image_per_call(tiny_model):
+    recipes = [make_recipe(tiny_model, "a cup", seed=s, steps=2) for s in (1, 2, 3)]
+    with CallShapes(tiny_model.pipe.vae.decoder) as calls:
+        results = render(tiny_model, recipes, progress=False)
+    assert len(calls.shapes) == 3 and all(shape[0] == 1 for shape in calls.shapes)
+    assert results[2].execution["call_shape"] == {"size": 3, "position": 2}
 
 
 def test_guided_loss_history_is_read_once_from_device_tensors():
