@@ -9,7 +9,7 @@
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Public name -> defining module. Imported lazily so `sd-styles --help` and `import sd_styles` stay fast
 # and the command line can quiet library logging before diffusers / transformers load.

@@ -1,9 +1,9 @@
 """The execution fingerprint: what decided an image's float rounding besides its recipe.
 
 A recipe fixes the content (model, concepts, prompt, seed, sampler, steps, cfg, size, guidance). The
-same recipe on another GPU, dtype, call batch size or library version can round differently, so each
-image also records where and how it was computed. `rerun` and resume compare fingerprints and name the
-conditions that differ; they never promise a pixel bound they have not measured.
+same recipe on another GPU, dtype, call batch size or library version (sd-styles' own included) can round
+differently, so each image also records where and how it was computed. `rerun` and resume compare
+fingerprints and name the conditions that differ; they never promise a pixel bound they have not measured.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def execution_fingerprint(device: torch.device, dtype: torch.dtype, call_batch_s
         "cudnn": cudnn,
         "diffusers": _version("diffusers"),
         "transformers": _version("transformers"),
+        "sd_styles": _version("sd-styles"),   # our loop's call shapes decide rounding too (0.2.0: texts alone)
     }
 
 

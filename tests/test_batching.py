@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 from contextlib import redirect_stderr, redirect_stdout
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -69,13 +70,15 @@ def test_rerun_names_the_conditions_an_edited_fingerprint_differs_in(tiny_model,
     path = res.save(tmp_path / "boat.png")
     doc = read_document(path)
     execution = doc["rendered_with"]
-    execution["fingerprint"].update(device="cuda", device_name="NVIDIA H100 80GB HBM3", cudnn=90100)
+    assert execution["fingerprint"]["sd_styles"] == version("sd-styles")   # our own rounding changes are named too
+    execution["fingerprint"].update(device="cuda", device_name="NVIDIA H100 80GB HBM3", cudnn=90100, sd_styles="0.1.0")
     with Image.open(path) as im:
         save_png(im.copy(), path, read_recipe(path), doc["loss_history"], execution)
     code, _out, err = cli("rerun", str(path), "--out", str(tmp_path / "again"))
     line = err.strip().splitlines()[-1]
     assert code == 0 and line.startswith("identical; differing conditions: ")
     assert "device: cuda -> cpu" in line and "device_name: NVIDIA H100 80GB HBM3 -> " in line and "cudnn: 90100" in line
+    assert f"sd_styles: 0.1.0 -> {version('sd-styles')}" in line
     # pixels changed on disk: the report gives the measured difference
     with Image.open(path) as im:
         worse = Image.eval(im.convert("RGB"), lambda v: min(255, v + 3))
