@@ -59,6 +59,8 @@ class StyleModel:
                              vae_tiling: bool = False, cpu_offload: bool = False) -> "StyleModel":
         """Trade speed for memory (16 GB T4 and below): diffusers' own switches, on the refiner too.
 
+        Renders already decode one image per call; `vae_slicing` makes `model.pipe` called directly do so.
+
         `cpu_offload` keeps each model on the CPU until it runs (one offload chain over base and refiner,
         so a component they share is moved once, see sd_styles.refiner.enable_cpu_offload).
         """

@@ -138,8 +138,8 @@ def sample(denoise: Denoiser, scheduler, latents: torch.Tensor, generators: list
 def decode(vae, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Raw latents -> images (B, 3, H, W) in [0, 1], `chunk` latents per VAE call (default: all).
 
-    Renders decode one image per call (`chunk=1`, diffusers' `enable_vae_slicing`): the decode's memory
-    does not grow with the batch, an image's pixels do not depend on the call it was sampled in, and on
+    Renders decode one image per call (`chunk=1`, as diffusers' `vae.enable_slicing()`): the decode's memory
+    does not grow with the batch, a cell's decode does not depend on the other cells of its call, and on
     the CPU it is faster (benchmarks/RESULTS.md: ten 128x128 images one per call take 0.77x one call of ten).
     """
     parts = latents.split(chunk or latents.shape[0])
