@@ -114,7 +114,7 @@ def _generate_tab(gr, model, h) -> dict:
     event = generate.click(h.generate, [c[k] for k in UI_FIELDS], [gallery, preview, status, files, paths],
                            api_name="ui_generate", api_visibility="private", concurrency_id="gpu")
     event.then(lambda p: p[-1] if p else None, paths, selected, queue=False, api_visibility="private")
-    stop.click(h.stop, None, status, queue=False, api_visibility="private")
+    stop.click(h.stop, None, None, queue=False, api_visibility="private")  # the job reports it: stream()
     c["dice"].click(lambda: -1, None, c["seed"], queue=False, api_visibility="private")
     c["recycle"].click(h.reuse_seed, selected, c["seed"], queue=False, api_visibility="private")
     gallery.select(h.select, paths, selected, queue=False, api_visibility="private")
@@ -163,7 +163,7 @@ def _compare_tab(gr, model, h) -> None:
     run.click(h.compare, [prompt, styles, seeds, steps, cfg, cwidth, cheight, scheduler, loss, loss_arg, loss_scale,
                           loss_every, decoder, uploads], [grid, cells, export, status],
               api_visibility="private", concurrency_id="gpu")
-    stop.click(h.stop, None, status, queue=False, api_visibility="private")
+    stop.click(h.stop, None, None, queue=False, api_visibility="private")  # the job reports it: stream()
     loss.change(h.default_scale, loss, loss_scale, queue=False, api_visibility="private")
 
 

@@ -85,6 +85,8 @@ class Handlers:
                         image = value.preview if value.preview is not None else gr.skip()
                         yield gr.skip(), image, f"Rendering {where}: step {value.i + 1} of {recipe.steps}", \
                             gr.skip(), gr.skip()
+                    elif kind == "stopping":
+                        yield gr.skip(), gr.skip(), f"Stopping {where} after this step…", gr.skip(), gr.skip()
                     elif kind == "stopped":
                         yield paths, gr.skip(), (f"**Stopped** during {where}; {len(paths)} image(s) kept."), \
                             paths or None, paths
@@ -113,10 +115,9 @@ class Handlers:
         self.on_written(path)
         return str(path)
 
-    def stop(self, request: gr.Request):
-        """Stop: the job of this session ends within the current denoising step."""
+    def stop(self, request: gr.Request) -> None:
+        """Stop: the job of this session ends within the current denoising step; its own stream says so."""
         self.switch.stop(session_of(request))
-        return "Stopping…"
 
     @staticmethod
     def reuse_seed(selected):
@@ -170,6 +171,8 @@ class Handlers:
                 if kind == "step":
                     yield gr.skip(), gr.skip(), gr.skip(), \
                         f"{len(written)} of {total} cells written (step {value.i + 1} of {exp.steps})"
+                elif kind == "stopping":
+                    yield gr.skip(), gr.skip(), gr.skip(), f"Stopping after this step… ({len(written)} of {total} cells written)"
                 elif kind == "stopped":
                     yield gr.skip(), gr.skip(), gr.skip(), "**Stopped**; Compare again resumes where it stopped."
                     return

@@ -74,6 +74,9 @@ def stream(work: Callable[[Callable[[dict], None]], Any], stop: threading.Event,
            preview: Callable | None = None, poll_s: float = 0.1) -> Iterator[tuple[str, Any]]:
     """Run `work(callback)` in a thread; yield ('step', Step) as it goes, then ('done', value) or ('stopped', None).
 
+    When Stop is pressed during a step that takes longer than `poll_s`, ('stopping', None) comes first. The
+    page learns of the stop only through this stream: the Stop button's own reply travels on another
+    connection and could arrive after "Stopped", leaving a stale "Stopping…" on the page.
     An exception of `work` other than Stopped is raised here. If the consumer goes away (the page closed,
     the event was cancelled) the job is stopped too, so the model is free for the next one.
     """
@@ -90,11 +93,15 @@ def stream(work: Callable[[Callable[[dict], None]], Any], stop: threading.Event,
 
     worker = threading.Thread(target=run, name="sd-styles-job", daemon=True)
     worker.start()
+    announced = False
     try:
         while True:
             try:
                 kind, value = events.get(timeout=poll_s)
             except queue.Empty:
+                if stop.is_set() and not announced and worker.is_alive():
+                    announced = True
+                    yield "stopping", None
                 continue
             if kind == "end":
                 break

@@ -163,7 +163,7 @@ def test_stop_ends_the_job_within_a_step(handlers):
     first = next(jobs)
     assert "step" in first[2]
     started = time.monotonic()
-    handlers.stop(request)
+    assert handlers.stop(request) is None   # the page hears of it from the job (see the test below)
     rest = list(jobs)
     waited = time.monotonic() - started
     assert "Stopped" in rest[-1][2] and rest[-1][4] == []
@@ -171,6 +171,25 @@ def test_stop_ends_the_job_within_a_step(handlers):
     # another session's Stop does not touch this one's next job
     handlers.stop(_request("someone-else"))
     assert "Done 1 of 1" in list(handlers.generate(*_ui("a short job"), request=request))[-1][2]
+
+
+def test_a_slow_step_says_stopping_through_the_jobs_own_stream_then_stopped():
+    """Stop's reply writes nothing: "Stopping…" comes in order with the job's updates, never after "Stopped"."""
+    import threading
+
+    from sd_styles.app_jobs import stream
+
+    def work(callback):
+        for i in range(50):
+            time.sleep(0.3)   # a step much longer than the poll
+            callback({"i": i})
+
+    stop, kinds = threading.Event(), []
+    for kind, _ in stream(work, stop, poll_s=0.05):
+        kinds.append(kind)
+        if kind == "step":
+            stop.set()
+    assert kinds == ["step", "stopping", "stopped"]
 
 
 def test_generate_with_loss_guidance_records_it(handlers):

@@ -93,6 +93,8 @@ def test_stop_interrupts_within_a_step(page):
     waited = time.monotonic() - started
     assert waited < 5, f"Stop took {waited:.1f}s"
     print(f"Stop reported after {waited:.2f}s")
+    page.wait_for_timeout(1000)   # nothing arrives later to overwrite it (Stop's own reply once could)
+    expect(page.locator("#status")).to_contain_text("Stopped", timeout=100)
     text = page.locator("#status").inner_text()
     assert "0 image(s) kept" in text
     # the app is free again: Ctrl+Enter in the prompt box runs the next job
