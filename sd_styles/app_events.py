@@ -172,7 +172,8 @@ class Handlers:
                     yield gr.skip(), gr.skip(), gr.skip(), \
                         f"{len(written)} of {total} cells written (step {value.i + 1} of {exp.steps})"
                 elif kind == "stopping":
-                    yield gr.skip(), gr.skip(), gr.skip(), f"Stopping after this step… ({len(written)} of {total} cells written)"
+                    yield gr.skip(), gr.skip(), gr.skip(), \
+                        f"Stopping after this step… ({len(written)} of {total} cells written)"
                 elif kind == "stopped":
                     yield gr.skip(), gr.skip(), gr.skip(), "**Stopped**; Compare again resumes where it stopped."
                     return
