@@ -179,13 +179,7 @@ def bench_components(model, args) -> None:
             print(f"UNet step (CFG), {cells:2d} cell(s) per call: {t:7.3f}s  ({t / cells:.3f}s per cell)")
         z = torch.randn(n, 4, h, h, device=dev, dtype=pipe.vae.dtype)
         ways = {"in one call": lambda: decode(pipe.vae, z), "one per call": lambda: decode(pipe.vae, z, chunk=1)}
-        rounds: dict[str, list[float]] = {k: [] for k in ways}
-        for fn in ways.values():
-            fn()
-        for _ in range(5):   # interleaved: a busy moment slows both alike
-            for k, fn in ways.items():
-                rounds[k].append(timed(fn, dev)[0])
-        med = {k: statistics.median(v) for k, v in rounds.items()}
+        med, _ = interleaved(ways, 5, dev)
         print(f"final decode of {n} images (median of 5): in one call {med['in one call']:.3f}s, one per call "
               f"{med['one per call']:.3f}s ({med['one per call'] / med['in one call']:.3f}x)")
         batched, distinct = best(text(True)), best(text(False))
@@ -193,23 +187,31 @@ def bench_components(model, args) -> None:
               f"each distinct text once, alone {distinct:.3f}s")
 
 
+def interleaved(runs: dict, rounds: int, device: torch.device, log: bool = False) -> tuple[dict, dict]:
+    """Each zero-argument callable once untimed (kernels, allocator, loads), then `rounds` interleaved rounds
+    (a busy moment slows all alike): (median seconds, peak bytes) per label."""
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    peaks: dict[str, int] = {k: 0 for k in runs}
+    for r in range(rounds):
+        for label, fn in runs.items():
+            wall, peak = timed(fn, device)
+            times[label].append(wall)
+            peaks[label] = max(peaks[label], peak)
+            if log:
+                print(f"# round {r + 1}: {label:34s} {wall:8.2f}s", file=sys.stderr, flush=True)
+    return {k: statistics.median(v) for k, v in times.items()}, peaks
+
+
 def bench_cases(model, args) -> None:
-    """Every case once untimed (kernels, allocator, TAESD load), then `--repeats` interleaved rounds."""
+    """Every case of `cases`, then the report of `--repeats` interleaved rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         taesd = save_random_taesd(CONFIGS, Path(tmp) / "taesd")
-        runs = {k: v for k, v in cases(model, args, taesd).items()
+        runs = {k: fn for k, (fn, _) in cases(model, args, taesd).items()
                 if not args.cases or any(part in k for part in args.cases)}
-        for fn, _ in runs.values():
-            fn()
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        peaks: dict[str, int] = {k: 0 for k in runs}
-        for r in range(args.repeats):
-            for label, (fn, _) in runs.items():
-                wall, peak = timed(fn, model.device)
-                times[label].append(wall)
-                peaks[label] = max(peaks[label], peak)
-                print(f"# round {r + 1}: {label:34s} {wall:8.2f}s", file=sys.stderr, flush=True)
-    report(args, {k: statistics.median(v) for k, v in times.items()}, peaks, args.repeats)
+        med, peaks = interleaved(runs, args.repeats, model.device, log=True)
+    report(args, med, peaks, args.repeats)
 
 
 def main() -> None:
